@@ -1,0 +1,284 @@
+"""The protocol, described once: keys, channels, messages, limits and ACL rules.
+
+Everything that talks to Redis (the agent, the control plane, the ACL
+generator, the docs in docs/protocol.md) takes its names from here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+
+# Limits. A message larger than MAX_MESSAGE_BYTES is refused by the agent unread.
+MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_VALUE_BYTES = 512 * 1024
+MAX_KEY_LENGTH = 128
+MAX_ID_LENGTH = 64
+MAX_LABEL_LENGTH = 200
+
+# Release ids, data keys, host names and namespaces share one safe charset:
+# no "/", no "..", no leading "." — they become file names and key suffixes.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+_NAMESPACE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-:]*$")
+
+MESSAGE_TYPES = ("data", "release")
+DATA_OPS = ("set", "del")
+STATES = ("ready", "degraded")
+
+
+def _check_name(kind: str, value: object, max_length: int) -> str:
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(f"{kind} must be a non-empty string, got {value!r}")
+    if len(value) > max_length:
+        raise ProtocolError(f"{kind} {value[:40]!r}… is longer than {max_length} characters")
+    if not _SAFE_NAME.match(value) or ".." in value:
+        raise ProtocolError(
+            f"{kind} {value!r} has characters outside A-Z a-z 0-9 _ . - "
+            "(no '/', no '..', no leading '.')"
+        )
+    return value
+
+
+def validate_release_id(value: object) -> str:
+    """A release id is a directory name under releases/: refuse anything that could escape it."""
+    return _check_name("release id", value, MAX_ID_LENGTH)
+
+
+def validate_data_key(value: object) -> str:
+    return _check_name("data key", value, MAX_KEY_LENGTH)
+
+
+def validate_host(value: object) -> str:
+    return _check_name("host name", value, MAX_KEY_LENGTH)
+
+
+def validate_namespace(value: object) -> str:
+    if not isinstance(value, str) or not _NAMESPACE.match(value) or len(value) > MAX_KEY_LENGTH:
+        raise ProtocolError(f"namespace {value!r} must be letters, digits, '_', '.', '-', ':'")
+    return value
+
+
+def validate_json_value(text: str) -> str:
+    """A data value is any JSON document up to MAX_VALUE_BYTES; returns it compacted."""
+    if len(text.encode()) > MAX_VALUE_BYTES:
+        raise ProtocolError(f"value is {len(text.encode())} bytes; the limit is {MAX_VALUE_BYTES}")
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ProtocolError(f"value is not valid JSON ({err.msg} at position {err.pos}); quote strings: '\"on\"'") from err
+    return json.dumps(parsed, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Every key and channel of one namespace."""
+
+    namespace: str
+
+    def __post_init__(self) -> None:
+        validate_namespace(self.namespace)
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.namespace}:epoch"
+
+    @property
+    def revision(self) -> str:
+        return f"{self.namespace}:rev"
+
+    @property
+    def data(self) -> str:
+        return f"{self.namespace}:data"
+
+    @property
+    def desired(self) -> str:
+        """Hash: field "fleet" is the fleet-wide release, "host:<name>" a per-host override."""
+        return f"{self.namespace}:desired"
+
+    @property
+    def history(self) -> str:
+        """List of release ids in activation order."""
+        return f"{self.namespace}:history"
+
+    @property
+    def history_position(self) -> str:
+        """Index into history of the fleet's current release."""
+        return f"{self.namespace}:history:pos"
+
+    @property
+    def releases(self) -> str:
+        """Hash: release id → JSON metadata (label, who, when, files, bytes)."""
+        return f"{self.namespace}:releases"
+
+    @property
+    def lock(self) -> str:
+        return f"{self.namespace}:lock"
+
+    def status(self, host: str) -> str:
+        return f"{self.namespace}:status:{validate_host(host)}"
+
+    @property
+    def status_prefix(self) -> str:
+        return f"{self.namespace}:status:"
+
+    @property
+    def events(self) -> str:
+        """The channel every change is published on."""
+        return f"{self.namespace}:events"
+
+    def probe(self, host: str) -> str:
+        """A host's own channel for its end-to-end liveness probe."""
+        return f"{self.namespace}:probe:{validate_host(host)}"
+
+
+OVERRIDE_PREFIX = "host:"
+FLEET_FIELD = "fleet"
+
+
+@dataclass(frozen=True)
+class Desired:
+    """The desired release: a fleet-wide value plus per-host overrides."""
+
+    fleet: str | None = None
+    overrides: dict[str, str] = field(default_factory=dict)
+
+    def target_for(self, host: str) -> str | None:
+        return self.overrides.get(host, self.fleet)
+
+    @classmethod
+    def from_hash(cls, raw: dict[str, str]) -> Desired:
+        fleet = raw.get(FLEET_FIELD)
+        overrides = {
+            name[len(OVERRIDE_PREFIX):]: value for name, value in raw.items() if name.startswith(OVERRIDE_PREFIX)
+        }
+        return cls(fleet=validate_release_id(fleet) if fleet else None,
+                   overrides={validate_host(h): validate_release_id(r) for h, r in overrides.items()})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fleet": self.fleet, "overrides": dict(self.overrides)}
+
+
+@dataclass(frozen=True)
+class DataChange:
+    key: str
+    op: str  # "set" or "del"
+    value: Any = None  # the parsed JSON value for "set"
+
+
+@dataclass(frozen=True)
+class Message:
+    """One event on the namespace's channel, validated."""
+
+    type: str
+    epoch: str
+    revision: int
+    data: DataChange | None = None
+    desired: Desired | None = None
+
+
+def parse_message(raw: bytes | str) -> Message:
+    """Validate an event from the channel; raise ProtocolError on anything unexpected."""
+    size = len(raw)
+    if size > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {size} bytes is over the limit of {MAX_MESSAGE_BYTES}")
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ProtocolError(f"message is not JSON: {err}") from err
+    if not isinstance(body, dict):
+        raise ProtocolError("message is not a JSON object")
+    if body.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(f"message has protocol version {body.get('v')!r}; this agent speaks {PROTOCOL_VERSION}")
+    kind = body.get("type")
+    if kind not in MESSAGE_TYPES:
+        raise ProtocolError(f"unknown message type {kind!r}")
+    epoch = body.get("epoch")
+    revision = body.get("rev")
+    if not isinstance(epoch, str) or not epoch or len(epoch) > MAX_ID_LENGTH:
+        raise ProtocolError("message has no valid epoch")
+    if not isinstance(revision, int) or isinstance(revision, bool) or revision < 1:
+        raise ProtocolError("message has no valid revision")
+    if kind == "data":
+        op = body.get("op")
+        if op not in DATA_OPS:
+            raise ProtocolError(f"data message has unknown op {op!r}")
+        key = validate_data_key(body.get("key"))
+        if op == "set" and "value" not in body:
+            raise ProtocolError("data set message has no value")
+        return Message(kind, epoch, revision, data=DataChange(key, op, body.get("value")))
+    desired = body.get("desired")
+    if not isinstance(desired, dict):
+        raise ProtocolError("release message has no desired state")
+    fleet = desired.get("fleet")
+    overrides = desired.get("overrides", {})
+    if not isinstance(overrides, dict):
+        raise ProtocolError("release message overrides must be an object")
+    return Message(
+        kind, epoch, revision,
+        desired=Desired(
+            fleet=validate_release_id(fleet) if fleet is not None else None,
+            overrides={validate_host(h): validate_release_id(r) for h, r in overrides.items()},
+        ),
+    )
+
+
+# --- ACL rules, generated from the key and channel names above ----------------------------------
+
+# What an agent may run, by purpose. Key and channel patterns restrict the arguments.
+_AGENT_CONNECTION = ("+hello", "+ping", "+client|setname", "+client|id", "+select", "+auth", "+quit",
+                     "+reset", "+time")
+_AGENT_READ = ("+get", "+mget", "+hget", "+hgetall", "+hmget", "+lrange", "+llen", "+exists", "+multi", "+exec",
+               "+discard")
+_AGENT_STATUS_WRITE = ("+hset", "+hdel")
+_AGENT_SUBSCRIBE = ("+subscribe", "+unsubscribe")
+
+
+def agent_acl_rules(keys: Keys, host: str) -> list[str]:
+    """ACL SETUSER rules (without user name or password) for host's agent.
+
+    The root permissions read the namespace, write the host's own status key
+    and subscribe to the events channel and the host's probe channel. Redis'
+    `&channel` allows publish and subscribe alike, so PUBLISH lives in a
+    selector (Redis 7) limited to the probe channel.
+    """
+    probe = keys.probe(host)
+    return [
+        "resetkeys", "resetchannels", "-@all",
+        *_AGENT_CONNECTION, *_AGENT_READ, *_AGENT_STATUS_WRITE, *_AGENT_SUBSCRIBE,
+        f"%R~{keys.namespace}:*",
+        f"%RW~{keys.status(host)}",
+        f"&{keys.events}",
+        f"&{probe}",
+        f"({' '.join(('+publish', f'&{probe}'))})",
+    ]
+
+
+def publisher_acl_rules(keys: Keys) -> list[str]:
+    """ACL SETUSER rules for the publisher (Fabric, the release play): the namespace and nothing else."""
+    return [
+        "resetkeys", "resetchannels", "-@all",
+        "+@read", "+@write", "+@connection", "+@transaction", "+@pubsub",
+        "+eval", "+evalsha", "+script|load", "+script|exists", "+time",
+        "-@dangerous",
+        f"~{keys.namespace}:*",
+        f"&{keys.namespace}:*",
+    ]
+
+
+def acl_setuser_line(user: str, rules: list[str], password: str | None = None) -> str:
+    """One `ACL SETUSER` / users.acl line; with no password, a placeholder `>PASSWORD` to fill in."""
+    secret = f">{password}" if password is not None else ">PASSWORD"
+    return " ".join(["user", user, "on", "resetpass", secret, *rules])
+
+
+def agent_user(host: str) -> str:
+    return f"agent-{validate_host(host)}"
+
+
+PUBLISHER_USER = "publisher"
