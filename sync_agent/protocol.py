@@ -71,7 +71,8 @@ def validate_json_value(text: str) -> str:
     try:
         parsed = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ProtocolError(f"value is not valid JSON ({err.msg} at position {err.pos}); quote strings: '\"on\"'") from err
+        hint = "quote strings twice, e.g. '\"on\"'"
+        raise ProtocolError(f"value is not valid JSON ({err.msg} at position {err.pos}); {hint}") from err
     return json.dumps(parsed, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -282,3 +283,47 @@ def agent_user(host: str) -> str:
 
 
 PUBLISHER_USER = "publisher"
+
+
+# --- the per-host status hash ---------------------------------------------------------------------
+
+SILENT_AFTER_HEARTBEATS = 3
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    """What an agent reports in `<ns>:status:<host>` (a hash that never expires)."""
+
+    release: str = ""
+    previous: str = ""
+    revision: int = 0
+    epoch: str = ""
+    state: str = "degraded"  # "ready" or "degraded"
+    error: str = ""  # the last error, "" when none
+    switched_at_ns: int = 0  # the agent's clock at its last switch
+    seen_at: float = 0.0  # Redis' own clock (TIME) at the last heartbeat
+    heartbeat: float = 5.0  # seconds between heartbeats
+    agent_version: str = ""
+    protocol: int = PROTOCOL_VERSION
+    pid: int = 0
+
+    def to_hash(self) -> dict[str, str]:
+        return {name: str(getattr(self, name)) for name in self.__dataclass_fields__}
+
+    @classmethod
+    def from_hash(cls, raw: dict[str, str]) -> HostStatus:
+        """Parse a status hash; unknown fields are ignored, missing ones take defaults."""
+        values: dict[str, Any] = {}
+        for name, spec in cls.__dataclass_fields__.items():
+            if name not in raw:
+                continue
+            kind = spec.type
+            try:
+                values[name] = int(raw[name]) if kind == "int" else float(raw[name]) if kind == "float" else raw[name]
+            except ValueError:
+                continue
+        return cls(**values)
+
+    def silent(self, now: float) -> bool:
+        """A host whose last heartbeat is older than three heartbeats is silent."""
+        return now - self.seen_at > SILENT_AFTER_HEARTBEATS * self.heartbeat

@@ -1,0 +1,7 @@
+"""`python -m sync_agent` is `sync-agent`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,108 @@
+"""Reading what the agents report: the fleet's status and waiting for acknowledgements.
+
+Agents write their status hash right after every switch and apply, and on
+a heartbeat. `seen_at` comes from Redis' own clock, so a host is silent
+when Redis' clock says its last heartbeat is older than three heartbeats —
+no clock on a host or the controller is trusted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .protocol import HostStatus
+from .store import Store
+
+POLL_INTERVAL = 0.02
+
+
+@dataclass(frozen=True)
+class HostView:
+    """One host as `fleet`/`fab status` shows it."""
+
+    host: str
+    status: HostStatus | None  # None: the agent never reported
+    target: str | None  # the release this host should serve
+    silent: bool
+    lagging: bool
+
+    @property
+    def healthy(self) -> bool:
+        return self.status is not None and not self.silent and not self.lagging
+
+    @property
+    def problem(self) -> str:
+        if self.status is None:
+            return "never reported (is sync-agent installed and running?)"
+        if self.silent:
+            return f"silent (no heartbeat for more than {3 * self.status.heartbeat:.0f}s)"
+        if self.lagging:
+            return f"serves {self.status.release or 'nothing'}, should serve {self.target}"
+        return ""
+
+
+def read_statuses(store: Store, hosts: Iterable[str]) -> tuple[dict[str, HostStatus | None], float]:
+    """Every host's status hash and Redis' clock, in one round trip."""
+    names = list(hosts)
+    pipe = store.client.pipeline(transaction=False)
+    for host in names:
+        pipe.hgetall(store.keys.status(host))
+    pipe.time()
+    results = store.call(pipe.execute)
+    seconds, micros = results[-1]
+    statuses = {host: HostStatus.from_hash(raw) if raw else None for host, raw in zip(names, results, strict=False)}
+    return statuses, float(seconds) + micros / 1e6
+
+
+def fleet_view(store: Store, hosts: Iterable[str]) -> list[HostView]:
+    """The fleet as the inventory names it: every host, silent and lagging ones flagged."""
+    names = sorted(hosts)
+    desired = store.desired()
+    statuses, now = read_statuses(store, names)
+    views = []
+    for host in names:
+        status = statuses[host]
+        target = desired.target_for(host)
+        silent = status is None or status.silent(now)
+        lagging = status is not None and target is not None and status.release != target
+        views.append(HostView(host, status, target, silent, lagging))
+    return views
+
+
+def _acknowledged(status: HostStatus | None, release: str | None, epoch: str, revision: int) -> bool:
+    if status is None:
+        return False
+    if release is not None and status.release != release:
+        return False
+    return status.epoch == epoch and status.revision >= revision
+
+
+def _why(status: HostStatus | None, release: str | None, now: float) -> str:
+    if status is None:
+        return "no status: the agent never reported"
+    if status.silent(now):
+        return f"silent: last heartbeat {now - status.seen_at:.0f}s ago (agent stopped or host down?)"
+    detail = f"still on {status.release or 'nothing'} at revision {status.revision}"
+    if release is not None and status.release != release:
+        detail = f"serves {status.release or 'nothing'}, not {release}"
+    return f"{detail}: {status.error}" if status.error else detail
+
+
+def wait_for_acks(store: Store, hosts: Iterable[str], epoch: str, revision: int, release: str | None = None,
+                  timeout: float = 30.0) -> dict[str, str]:
+    """Wait until every host reports the revision (and the release, if given).
+
+    Returns the laggards, host → why, empty when everyone acknowledged.
+    """
+    pending = set(hosts)
+    deadline = time.monotonic() + timeout
+    while True:
+        statuses, now = read_statuses(store, sorted(pending))
+        pending = {h for h, s in statuses.items() if not _acknowledged(s, release, epoch, revision)}
+        if not pending:
+            return {}
+        if time.monotonic() >= deadline:
+            return {host: _why(statuses[host], release, now) for host in sorted(pending)}
+        time.sleep(POLL_INTERVAL)

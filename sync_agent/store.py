@@ -1,0 +1,226 @@
+"""The publisher's side of the store: every change is one Lua script (EVAL/EVALSHA).
+
+A script stores the change, bumps the one revision counter, and publishes
+the event with its payload, atomically, so agents apply it without a round
+trip and no two publishers can interleave. The epoch is created by the
+scripts whenever it is missing (first change, or Redis lost its data).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from .errors import FrontfleetError, StoreUnavailable, UsageError
+from .protocol import (
+    Desired,
+    Keys,
+    validate_data_key,
+    validate_host,
+    validate_json_value,
+    validate_release_id,
+)
+from .snapshot import Snapshot, parse_snapshot, queue_snapshot
+
+log = logging.getLogger(__name__)
+
+URL_ENV = "FRONTFLEET_REDIS_URL"
+PASSWORD_FILE_ENV = "FRONTFLEET_REDIS_PASSWORD_FILE"
+
+
+def _script(name: str) -> str:
+    prelude = resources.files(__package__).joinpath("lua/common.lua").read_text()
+    return prelude + "\n" + resources.files(__package__).joinpath(f"lua/{name}.lua").read_text()
+
+
+def read_password(path: str | os.PathLike[str]) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as err:
+        raise UsageError(f"cannot read the Redis password file {path}: {err.strerror}") from err
+
+
+def connect(url: str | None = None, password_file: str | None = None, username: str | None = None) -> redis.Redis:
+    """A client for the control plane: --redis URL or $FRONTFLEET_REDIS_URL, password from a file."""
+    url = url or os.environ.get(URL_ENV)
+    if not url:
+        raise UsageError(f"no Redis to talk to: pass --redis redis://publisher@HOST:PORT or set {URL_ENV}")
+    password_file = password_file or os.environ.get(PASSWORD_FILE_ENV)
+    extra: dict[str, Any] = {}
+    if password_file:
+        extra["password"] = read_password(password_file)
+    if username:
+        extra["username"] = username
+    try:
+        client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, **extra)
+    except ValueError as err:
+        raise UsageError(f"bad Redis URL {url!r}: {err}") from err
+    return client
+
+
+def release_metadata(label: str, **extra: Any) -> dict[str, Any]:
+    """What `release list` and `fab releases` show: label, who published it, when (UTC)."""
+    who = f"{getpass.getuser()}@{socket.gethostname()}"
+    return {"label": label, "who": who, "when": datetime.now(UTC).isoformat(timespec="seconds"), **extra}
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a publish did: the store's epoch and the revision it got."""
+
+    epoch: str
+    revision: int
+
+
+@dataclass(frozen=True)
+class History:
+    releases: list[str]
+    position: int  # index of the fleet's current release, -1 when there is none
+
+    @property
+    def current(self) -> str | None:
+        return self.releases[self.position] if self.position >= 0 else None
+
+    @property
+    def rollback_target(self) -> str | None:
+        """The release `rollback` would go to next."""
+        return self.releases[self.position - 1] if self.position >= 1 else None
+
+
+class Store:
+    """Publisher operations on one namespace. Every method is one round trip or one script."""
+
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        self.client = client
+        self.keys = Keys(namespace)
+        self._data_script = client.register_script(_script("data"))
+        self._release_script = client.register_script(_script("release"))
+
+    def _head(self) -> list[str]:
+        return [self.keys.epoch, self.keys.revision]
+
+    def _args(self) -> list[str]:
+        return [uuid.uuid4().hex[:16], self.keys.events]
+
+    def _run(self, script: Any, keys: list[str], args: list[str]) -> Any:
+        try:
+            return script(keys=keys, args=args)
+        except redis.ResponseError as err:
+            message = str(err)
+            if message.startswith("NOHISTORY"):
+                raise UsageError(message.removeprefix("NOHISTORY ")) from err
+            if "NOPERM" in message or "no permissions" in message:
+                raise StoreUnavailable(f"Redis refused the publisher: {message}; check the ACL user") from err
+            raise FrontfleetError(f"Redis refused the change: {message}") from err
+        except redis.RedisError as err:
+            raise StoreUnavailable(f"cannot reach Redis: {err}") from err
+
+    # --- shared data --------------------------------------------------------------------------
+
+    def data_set(self, key: str, value_json: str) -> Change:
+        value = validate_json_value(value_json)
+        result = self._run(self._data_script, [*self._head(), self.keys.data],
+                           [*self._args(), "set", validate_data_key(key), value])
+        return Change(result[0], int(result[1]))
+
+    def data_del(self, key: str) -> Change:
+        """Delete a key; revision 0 in the result means it was not set (nothing changed)."""
+        result = self._run(self._data_script, [*self._head(), self.keys.data],
+                           [*self._args(), "del", validate_data_key(key), ""])
+        return Change(result[0], int(result[1]))
+
+    def data_get(self, key: str) -> Any:
+        raw = self.call(self.client.hget, self.keys.data, validate_data_key(key))
+        if raw is None:
+            raise UsageError(f"no data key {key!r}; `data list` shows the keys that are set")
+        return json.loads(raw)
+
+    def data_list(self) -> dict[str, Any]:
+        raw = self.call(self.client.hgetall, self.keys.data)
+        return {k: json.loads(v) for k, v in sorted(raw.items())}
+
+    # --- releases -----------------------------------------------------------------------------
+
+    def _release(self, op: str, release: str, meta: dict[str, Any] | None = None,
+                 hosts: Iterable[str] = ()) -> Change:
+        keys = [*self._head(), self.keys.desired, self.keys.history, self.keys.history_position, self.keys.releases]
+        args = [*self._args(), op, release, json.dumps(meta) if meta else "", *hosts]
+        result = self._run(self._release_script, keys, args)
+        return Change(result[0], int(result[1]))
+
+    def activate(self, release: str, meta: dict[str, Any] | None = None) -> Change:
+        """Move the whole fleet to a release (a rollout): history appends, overrides are cleared."""
+        return self._release("activate", validate_release_id(release), meta)
+
+    def override(self, release: str, hosts: Iterable[str], meta: dict[str, Any] | None = None) -> Change:
+        """Move only these hosts (a canary); the fleet value and history stay."""
+        return self._release("override", validate_release_id(release), meta, [validate_host(h) for h in hosts])
+
+    def clear_overrides(self, hosts: Iterable[str]) -> Change:
+        return self._release("clear", "", None, [validate_host(h) for h in hosts])
+
+    def rollback(self, to: str | None = None) -> Change:
+        """One step back in the activation history, or to a named release."""
+        if to is None:
+            return self._release("rollback", "")
+        return self._release("goto", validate_release_id(to))
+
+    def restore(self, desired: Desired, history: History) -> Change:
+        """Put back a saved desired state and history (a failed rollout undoing itself)."""
+        saved: dict[str, Any] = {"overrides": desired.overrides or {}, "history": history.releases,
+                                 "position": history.position}
+        if desired.fleet:
+            saved["fleet"] = desired.fleet
+        return self._release("restore", json.dumps(saved))
+
+    def desired(self) -> Desired:
+        return Desired.from_hash(self.call(self.client.hgetall, self.keys.desired))
+
+    def history(self) -> History:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.lrange(self.keys.history, 0, -1)
+        pipe.get(self.keys.history_position)
+        releases, position = self.call(pipe.execute)
+        return History(list(releases), int(position) if position is not None else -1)
+
+    def release_metadata(self) -> dict[str, dict[str, Any]]:
+        raw = self.call(self.client.hgetall, self.keys.releases)
+        return {k: json.loads(v) for k, v in raw.items()}
+
+    def forget_releases(self, releases: Iterable[str]) -> None:
+        """Drop metadata of releases that no host keeps any more (after a prune)."""
+        ids = list(releases)
+        if ids:
+            self.call(self.client.hdel, self.keys.releases, *ids)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        pipe = self.client.pipeline(transaction=True)
+        queue_snapshot(pipe, self.keys)
+        return parse_snapshot(self.call(pipe.execute))
+
+    def server_time(self) -> float:
+        seconds, micros = self.call(self.client.time)
+        return float(seconds) + micros / 1e6
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Run one client call, turning redis-py errors into frontfleet errors."""
+        try:
+            return fn(*args)
+        except redis.ResponseError as err:
+            raise StoreUnavailable(f"Redis refused the request: {err}") from err
+        except redis.RedisError as err:
+            raise StoreUnavailable(f"cannot reach Redis: {err}") from err
