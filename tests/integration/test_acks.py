@@ -1,0 +1,60 @@
+"""Waiting for acknowledgements and reading the fleet's status, from status hashes agents write."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from sync_agent.hoststatus import fleet_view, wait_for_acks
+from sync_agent.protocol import HostStatus
+from sync_agent.store import Store
+
+pytestmark = pytest.mark.integration
+
+
+def report(store: Store, host: str, release: str, revision: int, epoch: str, heartbeat: float = 5.0) -> None:
+    """Write a status hash the way an agent does, with seen_at from Redis' clock."""
+    status = HostStatus(release=release, revision=revision, epoch=epoch, state="ready",
+                        seen_at=store.server_time(), heartbeat=heartbeat, pid=1)
+    store.client.hset(store.keys.status(host), mapping=status.to_hash())
+
+
+def test_wait_returns_once_every_host_acknowledged(fresh_redis):
+    store = Store(fresh_redis.client(), "ff")
+    change = store.activate("B")
+
+    def agents_ack_later() -> None:
+        time.sleep(0.2)
+        for host in ("web1", "web2"):
+            report(store, host, "B", change.revision, change.epoch)
+
+    threading.Thread(target=agents_ack_later).start()
+    assert wait_for_acks(store, ["web1", "web2"], change.epoch, change.revision, "B", timeout=5) == {}
+
+
+def test_wait_names_the_laggard_and_why(fresh_redis):
+    store = Store(fresh_redis.client(), "ff")
+    old = store.activate("A")
+    report(store, "web2", "A", old.revision, old.epoch)
+    change = store.activate("B")
+    report(store, "web1", "B", change.revision, change.epoch)
+    laggards = wait_for_acks(store, ["web1", "web2", "web3"], change.epoch, change.revision, "B", timeout=0.3)
+    assert set(laggards) == {"web2", "web3"}
+    assert "serves A, not B" in laggards["web2"]
+    assert "never reported" in laggards["web3"]
+
+
+def test_fleet_view_flags_silent_and_lagging_hosts(fresh_redis):
+    store = Store(fresh_redis.client(), "ff")
+    change = store.activate("B")
+    report(store, "web1", "B", change.revision, change.epoch)
+    report(store, "web2", "A", change.revision, change.epoch)
+    report(store, "web3", "B", change.revision, change.epoch, heartbeat=0.05)
+    time.sleep(0.3)  # web3 misses three heartbeats
+    views = {v.host: v for v in fleet_view(store, ["web1", "web2", "web3", "web4"])}
+    assert views["web1"].healthy
+    assert views["web2"].lagging and "should serve B" in views["web2"].problem
+    assert views["web3"].silent and "silent" in views["web3"].problem
+    assert not views["web4"].healthy and "never reported" in views["web4"].problem

@@ -1,0 +1,124 @@
+"""`sync-agent` control commands as a user runs them: real processes, real Redis, exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sync_agent.errors import EXIT_LOCKED, EXIT_UNAVAILABLE, EXIT_UNHEALTHY, EXIT_USAGE
+from sync_agent.lock import DeployLock
+from sync_agent.protocol import PUBLISHER_USER, Keys, publisher_acl_rules
+
+pytestmark = pytest.mark.integration
+
+SYNC_AGENT = str(Path(sys.executable).with_name("sync-agent"))
+
+
+@pytest.fixture
+def publisher_env(fresh_redis, tmp_path):
+    """The publisher's ACL user, its password in a file, and the environment a user would set."""
+    fresh_redis.client().execute_command("ACL", "SETUSER", PUBLISHER_USER, "on", ">s3cret",
+                                         *publisher_acl_rules(Keys("ff")))
+    password_file = tmp_path / "publisher.password"
+    password_file.write_text("s3cret\n")
+    return {"FRONTFLEET_REDIS_URL": f"redis://{PUBLISHER_USER}@{fresh_redis.host}:{fresh_redis.port}/0",
+            "FRONTFLEET_REDIS_PASSWORD_FILE": str(password_file), "FRONTFLEET_NAMESPACE": "ff",
+            "PATH": "/usr/bin:/bin"}
+
+
+def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SYNC_AGENT, *args], env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_data_set_get_list_del_round_trip(publisher_env):
+    assert run("data", "set", "banner", '{"text": "hi"}', env=publisher_env).returncode == 0
+    got = run("data", "get", "banner", env=publisher_env)
+    assert got.returncode == 0 and json.loads(got.stdout) == {"text": "hi"}
+    listed = run("data", "list", "--json", env=publisher_env)
+    assert json.loads(listed.stdout) == {"banner": {"text": "hi"}}
+    deleted = run("data", "del", "banner", env=publisher_env)
+    assert deleted.returncode == 0 and "deleted at revision 2" in deleted.stdout
+
+
+def test_a_value_that_is_not_json_exits_2_with_a_hint(publisher_env):
+    result = run("data", "set", "flag", "on", env=publisher_env)
+    assert result.returncode == EXIT_USAGE
+    assert "not valid JSON" in result.stderr and "Traceback" not in result.stderr
+    assert run("data", "list", "--json", env=publisher_env).stdout.strip() == "{}"
+
+
+def test_a_traversal_key_exits_2(publisher_env):
+    result = run("data", "set", "../x", "1", env=publisher_env)
+    assert result.returncode == EXIT_USAGE and "no '/'" in result.stderr
+
+
+def test_getting_a_missing_key_says_how_to_list_keys(publisher_env):
+    result = run("data", "get", "nope", env=publisher_env)
+    assert result.returncode == EXIT_USAGE and "data list" in result.stderr
+
+
+def test_an_unreachable_redis_exits_3(publisher_env, fresh_redis):
+    from tests.conftest import free_port
+
+    env = {**publisher_env, "FRONTFLEET_REDIS_URL": f"redis://publisher@127.0.0.1:{free_port()}/0"}
+    result = run("data", "set", "a", "1", env=env)
+    assert result.returncode == EXIT_UNAVAILABLE and "cannot reach Redis" in result.stderr
+
+
+def test_a_wrong_password_is_reported_not_a_traceback(publisher_env, tmp_path):
+    wrong = tmp_path / "wrong"
+    wrong.write_text("nope")
+    result = run("data", "list", env={**publisher_env, "FRONTFLEET_REDIS_PASSWORD_FILE": str(wrong)})
+    assert result.returncode == EXIT_UNAVAILABLE and "Traceback" not in result.stderr
+
+
+def test_no_redis_configured_tells_how_to_configure_it():
+    result = run("data", "list", env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == EXIT_USAGE and "FRONTFLEET_REDIS_URL" in result.stderr
+
+
+def test_publish_rollback_and_list(publisher_env):
+    for release in ("rel-a", "rel-b"):
+        assert run("release", "publish", release, "--label", f"label {release}", env=publisher_env).returncode == 0
+    listed = json.loads(run("release", "list", "--json", env=publisher_env).stdout)
+    assert [(r["release"], r["current"], r["label"]) for r in listed] == [
+        ("rel-a", False, "label rel-a"), ("rel-b", True, "label rel-b")]
+    back = run("release", "rollback", env=publisher_env)
+    assert back.returncode == 0 and "rolled back to rel-a" in back.stdout
+    again = run("release", "rollback", env=publisher_env)
+    assert again.returncode == EXIT_USAGE and "no earlier release" in again.stderr
+
+
+def test_publish_waits_for_acks_and_names_the_laggard(publisher_env):
+    result = run("release", "publish", "rel-a", "--wait-for", "web1", "--timeout", "0.3", env=publisher_env)
+    assert result.returncode == 1 and "web1: no status" in result.stdout
+
+
+def test_a_held_lock_refuses_a_second_operation_naming_the_holder(publisher_env, fresh_redis):
+    DeployLock(fresh_redis.client(), "ff").acquire("rollout by alice@ops pid 1")
+    result = run("release", "publish", "rel-a", env=publisher_env)
+    assert result.returncode == EXIT_LOCKED and "alice@ops" in result.stderr
+    shown = run("lock", env=publisher_env)
+    assert "held by rollout by alice@ops" in shown.stdout
+    forced = run("lock", "--force", env=publisher_env)
+    assert forced.returncode == 0 and "broke the deploy lock held by rollout by alice@ops" in forced.stderr
+    assert run("release", "publish", "rel-a", env=publisher_env).returncode == 0
+
+
+def test_fleet_exits_5_while_a_host_never_reported(publisher_env):
+    result = run("fleet", "--hosts", "web1,web2", "--json", env=publisher_env)
+    assert result.returncode == EXIT_UNHEALTHY
+    assert [row["healthy"] for row in json.loads(result.stdout)] == [False, False]
+
+
+def test_acl_prints_a_loadable_users_acl_line():
+    result = run("acl", "--host", "web1", env={"PATH": "/usr/bin:/bin", "FRONTFLEET_NAMESPACE": "ff"})
+    assert result.returncode == 0
+    assert result.stdout.startswith("user agent-web1 on resetpass >PASSWORD ")
+    assert "(+publish &ff:probe:web1)" in result.stdout
+    bad = run("acl", "--host", "../x", env={"PATH": "/usr/bin:/bin"})
+    assert bad.returncode == EXIT_USAGE
