@@ -1,0 +1,270 @@
+"""Releases on a host's disk: what is staged, which one is served, switching between them, pruning.
+
+Layout under a release root R (`frontfleet_release_root`)::
+
+    R/releases/<id>/               an immutable release directory, never changed once renamed into place
+    R/releases/<id>.manifest.json  its verified record (the manifest plus "verified": true), outside the served tree
+    R/releases/<id>.partial/       a release being staged; never a target, removed on failure and by prune
+    R/current  -> releases/<id>    the release nginx serves (a relative symlink, replaced with rename(2))
+    R/previous -> releases/<id>    the release current pointed to before the last switch
+    R/pool/<path>                  hard links to the immutable files (assets/, _next/static/, static/) of every
+                                   staged release, so the hashed assets of each kept release stay servable
+    R/shared/                      the agent's (data.json, rendered templates); nothing here touches it
+
+A release is *staged* when both its directory and its record exist: that is all
+`switch` checks, so switching costs two stats and a rename, never a re-hash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from .errors import FrontfleetError, ManifestError, ProtocolError, ReleaseNotStaged, UsageError
+from .fsutil import StrPath, replace_symlink
+from .manifest import Manifest, hash_file, scan_build
+from .protocol import validate_release_id
+from .staging import (
+    PARTIAL_SUFFIX,
+    RECORD_SUFFIX,
+    pool_dir,
+    record_path,
+    recorded_releases,
+    release_dir,
+    releases_dir,
+    write_record,
+)
+
+log = logging.getLogger(__name__)
+
+CURRENT = "current"
+PREVIOUS = "previous"
+
+
+class StagedRelease(NamedTuple):
+    release_id: str
+    recorded_at: float  # mtime of the record, seconds since the epoch
+
+
+@dataclass(frozen=True)
+class SwitchResult:
+    """The outcome of a switch; switched_at_ns is when `current` was renamed (None for a no-op)."""
+
+    release_id: str
+    previous: str | None
+    switched: bool
+    switched_at_ns: int | None
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    kept: list[str]
+    removed: list[str]
+    partials_removed: list[str]
+    pool_files_removed: int
+
+
+# --- what is on disk ----------------------------------------------------------------------------
+
+
+def is_staged(root: StrPath, release_id: str) -> bool:
+    """Staged and verified: the record and the directory both exist. Cheap on purpose; never re-hashes."""
+    try:
+        directory = release_dir(root, release_id)
+    except ProtocolError:
+        return False
+    return directory.is_dir() and not directory.is_symlink() and record_path(root, release_id).is_file()
+
+
+def staged_releases(root: StrPath) -> list[StagedRelease]:
+    """Every staged release with the mtime of its record, newest first."""
+    found = []
+    for path in releases_dir(root).glob(f"*{RECORD_SUFFIX}"):
+        release_id = path.name[: -len(RECORD_SUFFIX)]
+        if is_staged(root, release_id):
+            found.append(StagedRelease(release_id, path.stat().st_mtime))
+    return sorted(found, key=lambda item: (-item.recorded_at, item.release_id))
+
+
+def current_release(root: StrPath) -> str | None:
+    return _link_target(Path(root) / CURRENT)
+
+
+def previous_release(root: StrPath) -> str | None:
+    return _link_target(Path(root) / PREVIOUS)
+
+
+def _link_target(link: Path) -> str | None:
+    """The release id a `current`/`previous` link names, or None if it is missing or points elsewhere."""
+    try:
+        target = os.readlink(link)
+    except (FileNotFoundError, OSError):
+        return None
+    parent, _, name = target.rpartition("/")
+    try:
+        if parent == "releases":
+            return validate_release_id(name)
+    except ProtocolError:
+        pass
+    log.warning("%s points to %r, not to releases/<id>; treating it as unset", link, target)
+    return None
+
+
+# --- verify -------------------------------------------------------------------------------------
+
+
+def verify(build_dir: StrPath, manifest: Manifest) -> None:
+    """Check a directory holds exactly the manifest's files, each with its size and sha256; name the first mismatch."""
+    present = dict(scan_build(build_dir))
+    expected = {entry.path: entry for entry in manifest.entries}
+    missing = sorted(expected.keys() - present.keys())
+    if missing:
+        raise ManifestError(f"{missing[0]} is missing from {build_dir} ({len(missing)} file(s) missing)")
+    extra = sorted(present.keys() - expected.keys())
+    if extra:
+        raise ManifestError(f"{extra[0]} in {build_dir} is not in the manifest ({len(extra)} extra file(s))")
+    for entry in manifest.entries:
+        if present[entry.path] != entry.size:
+            raise ManifestError(f"{entry.path} has {present[entry.path]} bytes; the manifest says {entry.size}")
+    for entry in manifest.entries:
+        sha256, _ = hash_file(Path(build_dir) / entry.path)
+        if sha256 != entry.sha256:
+            raise ManifestError(f"{entry.path} has sha256 {sha256}; the manifest says {entry.sha256}")
+
+
+def record_verified(root: StrPath, manifest: Manifest) -> Path:
+    """Record that releases/<id> was verified against manifest, which makes it staged. Returns the record's path."""
+    path = write_record(root, manifest)
+    log.info("recorded release %s as verified", manifest.release_id)
+    return path
+
+
+# --- switch -------------------------------------------------------------------------------------
+
+
+def switch(root: StrPath, release_id: str) -> SwitchResult:
+    """Serve release_id: `previous` takes what `current` was, then `current` moves, each by one rename(2)."""
+    if not is_staged(root, release_id):
+        raise ReleaseNotStaged(
+            f"release {release_id!r} is not staged and verified under {root}; stage it first (fab rollout)"
+        )
+    base = Path(root)
+    before = current_release(base)
+    if before == release_id:
+        return SwitchResult(release_id, previous_release(base), switched=False, switched_at_ns=None)
+    if before is not None:
+        replace_symlink(base / PREVIOUS, f"releases/{before}")
+    replace_symlink(base / CURRENT, f"releases/{release_id}")
+    switched_at_ns = time.time_ns()
+    log.info("switched current from %s to %s", before, release_id)
+    return SwitchResult(release_id, previous_release(base), switched=True, switched_at_ns=switched_at_ns)
+
+
+# --- prune --------------------------------------------------------------------------------------
+
+
+def prune(root: StrPath, keep: int, protect: set[str] | frozenset[str] = frozenset()) -> PruneResult:
+    """Keep the `keep` newest releases plus current, previous and protect; remove the rest, then unused pool files."""
+    if keep < 0:
+        raise UsageError(f"keep must be 0 or more, got {keep}")
+    staged = [item.release_id for item in staged_releases(root)]
+    pinned = {validate_release_id(name) for name in protect}
+    pinned.update(name for name in (current_release(root), previous_release(root)) if name is not None)
+    kept = [name for index, name in enumerate(staged) if index < keep or name in pinned]
+    removed = [name for name in _release_names(root) if name not in kept and name not in pinned]
+    for name in removed:
+        _remove_release(root, name)
+    partials = _remove_partials(root)
+    pool_removed = _prune_pool(root, kept)
+    log.info("pruned %d release(s), %d partial(s), %d pool file(s); kept %s",
+             len(removed), len(partials), pool_removed, ", ".join(kept) or "none")
+    return PruneResult(kept, removed, partials, pool_removed)
+
+
+def _release_names(root: StrPath) -> list[str]:
+    """Every release id with a directory or a record under releases/, staged or not (a crash can leave halves)."""
+    names = set()
+    for path in releases_dir(root).iterdir() if releases_dir(root).is_dir() else ():
+        name = path.name[: -len(RECORD_SUFFIX)] if path.name.endswith(RECORD_SUFFIX) else path.name
+        if name.endswith(PARTIAL_SUFFIX) or name.startswith("."):
+            continue
+        try:
+            names.add(validate_release_id(name))
+        except ProtocolError:
+            log.warning("leaving %s alone: not a release frontfleet made", path)
+    return sorted(names)
+
+
+def _remove_release(root: StrPath, release_id: str) -> None:
+    """Drop the record first, so a crash halfway leaves an unstaged directory, never a staged half-directory."""
+    record_path(root, release_id).unlink(missing_ok=True)
+    directory = release_dir(root, release_id)
+    if directory.is_dir() and not directory.is_symlink():
+        shutil.rmtree(directory)
+    log.info("removed release %s", release_id)
+
+
+def _remove_partials(root: StrPath) -> list[str]:
+    removed = []
+    for path in sorted(releases_dir(root).glob(f"*{PARTIAL_SUFFIX}")):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+            removed.append(path.name)
+    return removed
+
+
+def _prune_pool(root: StrPath, kept: list[str]) -> int:
+    """Remove pool files that no kept release's record lists with the same path and content."""
+    pool = pool_dir(root)
+    if not pool.is_dir():
+        return 0
+    wanted = _pool_references(root, kept)
+    removed = 0
+    for directory, _, files in os.walk(pool, topdown=False):
+        for name in files:
+            path = Path(directory, name)
+            if not _still_referenced(path, path.relative_to(pool).as_posix(), wanted):
+                path.unlink()
+                removed += 1
+        if Path(directory) != pool and not os.listdir(directory):
+            os.rmdir(directory)
+    return removed
+
+
+def _pool_references(root: StrPath, kept: list[str]) -> dict[str, list[tuple[str, int, Path]]]:
+    """path → [(sha256, size, the kept release's own file)] for every file of every kept release."""
+    manifests = recorded_releases(root)
+    wanted: dict[str, list[tuple[str, int, Path]]] = {}
+    for release_id in kept:
+        manifest = manifests.get(release_id)
+        for entry in manifest.entries if manifest else ():
+            wanted.setdefault(entry.path, []).append(
+                (entry.sha256, entry.size, release_dir(root, release_id) / entry.path)
+            )
+    return wanted
+
+
+def _still_referenced(path: Path, relative: str, wanted: dict[str, list[tuple[str, int, Path]]]) -> bool:
+    """Same inode as a kept release's file settles it cheaply; otherwise hash only when a size matches."""
+    references = wanted.get(relative)
+    if not references or path.is_symlink():
+        return False
+    info = path.stat()
+    for _, _, own in references:
+        try:
+            if os.path.samestat(info, own.stat()):
+                return True
+        except OSError:
+            continue
+    if not any(size == info.st_size for _, size, _ in references):
+        return False
+    try:
+        sha256, _ = hash_file(path)
+    except OSError as err:
+        raise FrontfleetError(f"cannot read pool file {path}: {err.strerror}") from err
+    return any(sha256 == expected for expected, _, _ in references)

@@ -1,0 +1,383 @@
+"""Staging a release on a host: send only the content it lacks, hard-link the rest, verify, rename into place.
+
+The controller asks each host what it lacks (`lacking`, behind `sync-agent have`),
+then streams exactly those contents (`write_stream`) into `sync-agent stage`
+(`receive_stream`). The stream format, documented in docs/releases.md:
+
+    FRONTFLEET-STREAM 1\\n
+    <length of the manifest JSON in bytes>\\n
+    <manifest JSON>
+    then for each content: <sha256> <size>\\n<size raw bytes>
+    END\\n
+
+Nothing appears under `releases/<id>` until every file is in place and
+verified: the release is built in `releases/<id>.partial`, which any failure
+removes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import ManifestError
+from .fsutil import StrPath, atomic_write, syncfs
+from .manifest import CHUNK_SIZE, Entry, Manifest, check_path
+from .protocol import validate_release_id
+
+log = logging.getLogger(__name__)
+
+STREAM_MAGIC = b"FRONTFLEET-STREAM 1\n"
+STREAM_END = b"END\n"
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+_MAX_HEADER_LINE = 128
+RECORD_SUFFIX = ".manifest.json"
+PARTIAL_SUFFIX = ".partial"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What staging did on one host, for the controller's progress and summary."""
+
+    release_id: str
+    files_written: int
+    files_linked: int
+    bytes_received: int
+    already_staged: bool
+
+
+# --- where things live --------------------------------------------------------------------------
+
+
+def releases_dir(root: StrPath) -> Path:
+    return Path(root) / "releases"
+
+
+def release_dir(root: StrPath, release_id: str) -> Path:
+    return releases_dir(root) / validate_release_id(release_id)
+
+
+def record_path(root: StrPath, release_id: str) -> Path:
+    """The verified record of a release: beside its directory, outside the served tree."""
+    return releases_dir(root) / f"{validate_release_id(release_id)}{RECORD_SUFFIX}"
+
+
+def partial_dir(root: StrPath, release_id: str) -> Path:
+    return releases_dir(root) / f"{validate_release_id(release_id)}{PARTIAL_SUFFIX}"
+
+
+def pool_dir(root: StrPath) -> Path:
+    return Path(root) / "pool"
+
+
+def write_record(root: StrPath, manifest: Manifest) -> Path:
+    """Write the verified record of a release (the manifest plus "verified": true), atomically."""
+    path = record_path(root, manifest.release_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps({**manifest.to_json(), "verified": True}, ensure_ascii=False).encode("utf-8"))
+    return path
+
+
+def read_record(root: StrPath, release_id: str) -> Manifest:
+    """The trusted manifest of a staged release; ManifestError if it is missing, unverified or damaged."""
+    path = record_path(root, release_id)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ManifestError(f"cannot read the record {path}: {err.strerror}") from err
+    try:
+        verified = json.loads(raw).get("verified") is True
+    except (ValueError, AttributeError) as err:
+        raise ManifestError(f"the record {path} is not a JSON object") from err
+    if not verified:
+        raise ManifestError(f"the record {path} is not marked verified")
+    manifest = Manifest.from_json(raw)
+    if manifest.release_id != release_id:
+        raise ManifestError(f"the record {path} describes release {manifest.release_id}, not {release_id}")
+    return manifest
+
+
+def recorded_releases(root: StrPath) -> dict[str, Manifest]:
+    """Every staged release (record and directory both present) with its trusted manifest; damaged ones skipped."""
+    found: dict[str, Manifest] = {}
+    for path in sorted(releases_dir(root).glob(f"*{RECORD_SUFFIX}")):
+        release_id = path.name[: -len(RECORD_SUFFIX)]
+        try:
+            if release_dir(root, release_id).is_dir():
+                found[release_id] = read_record(root, release_id)
+        except Exception as err:  # one bad record must not stop staging of the next release
+            log.warning("ignoring the record %s: %s", path, err)
+    return found
+
+
+# --- what the host has --------------------------------------------------------------------------
+
+
+def content_index(root: StrPath) -> dict[str, Path]:
+    """Every content (sha256) the host already has, and one file that holds it, from the verified records."""
+    index: dict[str, Path] = {}
+    for release_id, manifest in recorded_releases(root).items():
+        base = release_dir(root, release_id)
+        for entry in manifest.entries:
+            index.setdefault(entry.sha256, base / entry.path)
+    return index
+
+
+def lacking(root: StrPath, manifest: Manifest) -> list[Entry]:
+    """The entries whose content this host has nowhere, each content once: what the controller must send."""
+    have = content_index(root)
+    missing: list[Entry] = []
+    for entry in manifest.entries:
+        if entry.sha256 not in have:
+            have[entry.sha256] = Path()  # send each content once, however many paths hold it
+            missing.append(entry)
+    return missing
+
+
+# --- the stream, controller side ----------------------------------------------------------------
+
+
+def write_stream(
+    out: BinaryIO,
+    manifest: Manifest,
+    build_dir: StrPath,
+    blobs: Iterable[str],
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Write the stream for one host: the manifest, then each content in blobs once, then the trailer.
+
+    progress, if given, is called after each chunk with the content bytes sent so far. Returns that total.
+    """
+    by_sha = {entry.sha256: entry for entry in reversed(manifest.entries)}
+    payload = manifest.dumps().encode("utf-8")
+    out.write(STREAM_MAGIC + f"{len(payload)}\n".encode() + payload)
+    sent = 0
+    for sha256 in dict.fromkeys(blobs):
+        entry = by_sha.get(sha256)
+        if entry is None:
+            raise ManifestError(f"content {sha256} is not in the manifest of release {manifest.release_id}")
+        out.write(f"{sha256} {entry.size}\n".encode())
+        sent = _send_file(out, Path(build_dir) / entry.path, entry, sent, progress)
+    out.write(STREAM_END)
+    out.flush()
+    return sent
+
+
+def _send_file(out: BinaryIO, path: Path, entry: Entry, sent: int, progress: Callable[[int], None] | None) -> int:
+    remaining = entry.size
+    with open(path, "rb") as source:
+        while remaining:
+            chunk = source.read(min(CHUNK_SIZE, remaining))
+            if not chunk:
+                raise ManifestError(f"{entry.path} is shorter than its manifest says; the build changed, build again")
+            out.write(chunk)
+            remaining -= len(chunk)
+            sent += len(chunk)
+            if progress is not None:
+                progress(sent)
+    return sent
+
+
+# --- the stream, host side ----------------------------------------------------------------------
+
+
+def receive_stream(root: StrPath, release_id: str, stream: BinaryIO, immutable_paths: Iterable[str]) -> StageResult:
+    """Stage release_id from stream into releases/<id>, all or nothing; a no-op if it is staged already."""
+    validate_release_id(release_id)
+    if release_dir(root, release_id).is_dir() and record_path(root, release_id).is_file():
+        _drain(stream)
+        log.info("release %s is staged already; ignored the stream", release_id)
+        return StageResult(release_id, 0, 0, 0, already_staged=True)
+    manifest = _read_manifest(stream, release_id)
+    if release_dir(root, release_id).exists():
+        raise ManifestError(f"{release_dir(root, release_id)} exists without its record; remove it, then stage again")
+    partial = partial_dir(root, release_id)
+    _remove_tree(partial)
+    try:
+        result = _stage_into(root, partial, manifest, stream)
+        write_record(root, manifest)
+        syncfs(partial)
+        os.rename(partial, release_dir(root, release_id))
+    except BaseException:
+        _remove_tree(partial)
+        record_path(root, release_id).unlink(missing_ok=True)
+        raise
+    link_into_pool(root, manifest, immutable_paths)
+    log.info("staged release %s: %d files written, %d linked, %d bytes received",
+             release_id, result.files_written, result.files_linked, result.bytes_received)
+    return result
+
+
+def _stage_into(root: StrPath, partial: Path, manifest: Manifest, stream: BinaryIO) -> StageResult:
+    """Fill partial from the stream and the content index, then check every entry is there."""
+    index = content_index(root)
+    paths_of: dict[str, list[Entry]] = {}
+    for entry in manifest.entries:
+        paths_of.setdefault(entry.sha256, []).append(entry)
+    _make_directories(partial, manifest)
+    written, received = _receive_blobs(partial, paths_of, stream)
+    linked = 0
+    for entry in manifest.entries:
+        if entry.sha256 not in written:
+            _link_from_host(index.get(entry.sha256), partial / entry.path, entry)
+            linked += 1
+    _check_sizes(partial, manifest)
+    files_written = sum(len(paths_of[sha]) for sha in written)
+    return StageResult(manifest.release_id, files_written, linked, received, already_staged=False)
+
+
+def _read_manifest(stream: BinaryIO, release_id: str) -> Manifest:
+    if stream.read(len(STREAM_MAGIC)) != STREAM_MAGIC:
+        raise ManifestError("the stream does not start with FRONTFLEET-STREAM 1; is the controller the same version?")
+    length_line = stream.readline(_MAX_HEADER_LINE)
+    if not length_line.endswith(b"\n") or not length_line[:-1].isdigit():
+        raise ManifestError("the stream has no valid manifest length")
+    length = int(length_line)
+    if length > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"the stream's manifest is {length} bytes; the limit is {MAX_MANIFEST_BYTES}")
+    payload = _read_exactly(stream, length, "the manifest")
+    manifest = Manifest.from_json(payload)
+    if manifest.release_id != release_id:
+        raise ManifestError(f"the stream carries release {manifest.release_id}, not the release {release_id} asked for")
+    return manifest
+
+
+def _receive_blobs(partial: Path, paths_of: dict[str, list[Entry]], stream: BinaryIO) -> tuple[set[str], int]:
+    """Write each content to its first path, hashing as it lands; link its other paths. Stops at the trailer."""
+    written: set[str] = set()
+    received = 0
+    while True:
+        header = stream.readline(_MAX_HEADER_LINE)
+        if header == STREAM_END:
+            return written, received
+        sha256, size = _parse_blob_header(header, paths_of, written)
+        first, *others = paths_of[sha256]
+        _write_blob(stream, partial / first.path, sha256, size)
+        for entry in others:
+            os.link(partial / first.path, partial / entry.path)
+        written.add(sha256)
+        received += size
+
+
+def _parse_blob_header(header: bytes, paths_of: dict[str, list[Entry]], written: set[str]) -> tuple[str, int]:
+    if not header:
+        raise ManifestError("the stream ended before its END trailer; the transfer was interrupted")
+    parts = header.rstrip(b"\n").split(b" ")
+    if not header.endswith(b"\n") or len(parts) != 2 or not parts[1].isdigit():
+        raise ManifestError(f"the stream has a malformed content header {header[:80]!r}")
+    sha256, size = parts[0].decode("ascii", "replace"), int(parts[1])
+    entries = paths_of.get(sha256)
+    if entries is None:
+        raise ManifestError(f"the stream sends content {sha256} that is not in the manifest")
+    if sha256 in written:
+        raise ManifestError(f"the stream sends content {sha256} twice")
+    if size != entries[0].size:
+        raise ManifestError(f"{entries[0].path}: the stream sends {size} bytes, the manifest says {entries[0].size}")
+    return sha256, size
+
+
+def _write_blob(stream: BinaryIO, target: Path, sha256: str, size: int) -> None:
+    digest = hashlib.sha256()
+    remaining = size
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(fd, 0o644)  # nginx reads it whatever the agent's umask
+        while remaining:
+            chunk = stream.read(min(CHUNK_SIZE, remaining))
+            if not chunk:
+                raise ManifestError(f"the stream ended inside content {sha256}; the transfer was interrupted")
+            digest.update(chunk)
+            out.write(chunk)
+            remaining -= len(chunk)
+    if digest.hexdigest() != sha256:
+        raise ManifestError(f"content received for {target.name} has sha256 {digest.hexdigest()}, not {sha256}")
+
+
+def _link_from_host(source: Path | None, target: Path, entry: Entry) -> None:
+    """Hard-link a content the host has already; its size is checked against the trusted record, never re-hashed."""
+    if source is None:
+        raise ManifestError(f"{entry.path}: content {entry.sha256} is neither in the stream nor on this host")
+    try:
+        if source.stat().st_size != entry.size:
+            raise ManifestError(f"{source} no longer has the size its record says; prune it and stage again")
+        os.link(source, target)
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise ManifestError(f"{entry.path}: cannot link {source}: {err.strerror}") from err
+        shutil.copyfile(source, target)  # a release root across filesystems: copying is slower but correct
+
+
+def _make_directories(partial: Path, manifest: Manifest) -> None:
+    partial.mkdir(mode=0o755, parents=True)
+    os.chmod(partial, 0o755)
+    for directory in sorted({str(Path(entry.path).parent) for entry in manifest.entries} - {"."}):
+        (partial / directory).mkdir(mode=0o755, parents=True, exist_ok=True)
+
+
+def _check_sizes(partial: Path, manifest: Manifest) -> None:
+    for entry in manifest.entries:
+        info = (partial / entry.path).lstat()
+        if info.st_size != entry.size:
+            raise ManifestError(f"{entry.path} has {info.st_size} bytes after staging; the manifest says {entry.size}")
+
+
+def _read_exactly(stream: BinaryIO, size: int, what: str) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise ManifestError(f"the stream ended inside {what}; the transfer was interrupted")
+    return data
+
+
+def _drain(stream: BinaryIO) -> None:
+    while stream.read(CHUNK_SIZE):
+        pass
+
+
+def _remove_tree(path: Path) -> None:
+    if path.exists() or path.is_symlink():
+        shutil.rmtree(path)
+
+
+# --- the asset pool -----------------------------------------------------------------------------
+
+
+def immutable_entries(manifest: Manifest, immutable_paths: Iterable[str]) -> list[Entry]:
+    """The entries under the immutable paths (`assets/`, `_next/static/`, …): the hashed, cacheable files."""
+    prefixes = tuple(check_path(prefix.strip("/")) + "/" for prefix in immutable_paths)
+    return [entry for entry in manifest.entries if entry.path.startswith(prefixes)]
+
+
+def link_into_pool(root: StrPath, manifest: Manifest, immutable_paths: Iterable[str]) -> int:
+    """Hard-link a staged release's immutable files into pool/, so nginx serves every kept release's assets."""
+    source = release_dir(root, manifest.release_id)
+    pool = pool_dir(root)
+    linked = 0
+    for entry in immutable_entries(manifest, immutable_paths):
+        try:
+            linked += _link_one_into_pool(source / entry.path, pool / entry.path)
+        except OSError as err:  # a pool conflict must not undo a good staging
+            log.warning("could not add %s to the asset pool: %s", entry.path, err)
+    return linked
+
+
+def _link_one_into_pool(source: Path, target: Path) -> int:
+    if target.is_file() and not target.is_symlink() and os.path.samefile(source, target):
+        return 0
+    target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.{os.getpid()}.pool-tmp")
+    temp.unlink(missing_ok=True)
+    os.link(source, temp)
+    try:
+        os.replace(temp, target)  # a different content at the same path: replace it whole
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return 1

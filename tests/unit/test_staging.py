@@ -1,0 +1,283 @@
+"""Staging: a host receives only what it lacks, links the rest, and never shows a half-staged release."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from sync_agent.errors import ManifestError
+from sync_agent.manifest import Entry, Manifest, build_manifest, content_digest
+from sync_agent.staging import (
+    STREAM_END,
+    STREAM_MAGIC,
+    content_index,
+    lacking,
+    receive_stream,
+    write_stream,
+)
+
+pytestmark = pytest.mark.unit
+
+IMMUTABLE = ["assets/", "_next/static/", "static/"]
+
+
+def make_build(base: Path, files: dict[str, bytes]) -> Path:
+    for relative, content in files.items():
+        path = base / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    return base
+
+
+def fifty_files(changed: int = 0) -> dict[str, bytes]:
+    """A build of 50 distinct files; `changed` of them get new content."""
+    files = {"index.html": b"<html>v1</html>"}
+    files.update({f"assets/chunk-{n:02d}.js": f"chunk {n} ".encode() * (n + 1) for n in range(49)})
+    for n in range(changed):
+        files[f"assets/chunk-{n:02d}.js"] = f"changed chunk {n}".encode()
+    return files
+
+
+def stream_for(root: Path, build: Path) -> tuple[Manifest, io.BytesIO]:
+    """What the controller sends this host for build: the manifest and the contents the host lacks."""
+    manifest = build_manifest(build)
+    out = io.BytesIO()
+    write_stream(out, manifest, build, [entry.sha256 for entry in lacking(root, manifest)])
+    out.seek(0)
+    return manifest, out
+
+
+def stage(root: Path, build: Path) -> tuple[Manifest, int, int, int]:
+    manifest, stream = stream_for(root, build)
+    result = receive_stream(root, manifest.release_id, stream, IMMUTABLE)
+    return manifest, result.files_written, result.files_linked, result.bytes_received
+
+
+def raw_stream(manifest_json: bytes, blobs: list[tuple[str, bytes]], trailer: bool = True) -> io.BytesIO:
+    """A hand-made stream, for the inputs a correct controller never sends."""
+    data = STREAM_MAGIC + f"{len(manifest_json)}\n".encode() + manifest_json
+    for sha256, content in blobs:
+        data += f"{sha256} {len(content)}\n".encode() + content
+    return io.BytesIO(data + (STREAM_END if trailer else b""))
+
+
+def assert_nothing_staged(root: Path, release_id: str) -> None:
+    releases = root / "releases"
+    assert not (releases / release_id).exists()
+    assert not (releases / f"{release_id}.partial").exists()
+    assert not (releases / f"{release_id}.manifest.json").exists()
+
+
+def test_a_fresh_host_lacks_every_content_once(tmp_path: Path) -> None:
+    build = make_build(tmp_path / "dist", {"a.js": b"same", "b.js": b"same", "c.js": b"other"})
+    manifest = build_manifest(build)
+    missing = lacking(tmp_path / "root", manifest)
+    assert sorted(entry.sha256 for entry in missing) == sorted({e.sha256 for e in manifest.entries})
+    assert len(missing) == 2
+
+
+def test_second_build_lacks_exactly_the_three_changed_files(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    stage(root, make_build(tmp_path / "v1", fifty_files()))
+    second = build_manifest(make_build(tmp_path / "v2", fifty_files(changed=3)))
+    missing = lacking(root, second)
+    assert sorted(entry.path for entry in missing) == ["assets/chunk-00.js", "assets/chunk-01.js", "assets/chunk-02.js"]
+
+
+def test_content_index_maps_each_content_to_a_file_holding_it(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    manifest, *_ = stage(root, make_build(tmp_path / "v1", fifty_files()))
+    index = content_index(root)
+    assert len(index) == 50
+    for entry in manifest.entries:
+        assert hashlib.sha256(index[entry.sha256].read_bytes()).hexdigest() == entry.sha256
+
+
+def test_staging_a_delta_writes_three_files_and_hard_links_the_rest(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    first, *_ = stage(root, make_build(tmp_path / "v1", fifty_files()))
+    second, written, linked, received = stage(root, make_build(tmp_path / "v2", fifty_files(changed=3)))
+    assert (written, linked) == (3, 47)
+    assert received == sum(len(f"changed chunk {n}") for n in range(3))
+    old, new = root / "releases" / first.release_id, root / "releases" / second.release_id
+    for n in range(3, 49):
+        assert (old / f"assets/chunk-{n:02d}.js").stat().st_ino == (new / f"assets/chunk-{n:02d}.js").stat().st_ino
+    assert (new / "assets/chunk-00.js").read_bytes() == b"changed chunk 0"
+    assert (old / "assets/chunk-00.js").stat().st_ino != (new / "assets/chunk-00.js").stat().st_ino
+
+
+def test_staged_release_matches_the_build_and_has_a_verified_record(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    files = fifty_files()
+    manifest, written, linked, _ = stage(root, make_build(tmp_path / "v1", files))
+    assert (written, linked) == (50, 0)
+    release = root / "releases" / manifest.release_id
+    for relative, content in files.items():
+        assert (release / relative).read_bytes() == content
+        assert stat.S_IMODE((release / relative).stat().st_mode) == 0o644
+    record = json.loads((root / "releases" / f"{manifest.release_id}.manifest.json").read_text())
+    assert record["verified"] is True
+    assert Manifest.from_json(json.dumps(record)) == manifest
+    assert not (root / "releases" / f"{manifest.release_id}.partial").exists()
+
+
+def test_one_content_at_several_paths_is_sent_once_and_hard_linked(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    build = make_build(tmp_path / "dist", {"a/logo.svg": b"<svg/>", "b/logo.svg": b"<svg/>", "index.html": b"i"})
+    manifest, written, linked, received = stage(root, build)
+    release = root / "releases" / manifest.release_id
+    assert (written, linked, received) == (3, 0, len(b"<svg/>") + 1)
+    assert (release / "a/logo.svg").stat().st_ino == (release / "b/logo.svg").stat().st_ino
+
+
+def test_staging_a_staged_release_again_is_a_no_op_that_consumes_the_stream(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    build = make_build(tmp_path / "dist", fifty_files())
+    stage(root, build)
+    manifest = build_manifest(build)
+    stream = io.BytesIO()
+    write_stream(stream, manifest, build, [entry.sha256 for entry in manifest.entries])
+    stream.seek(0)
+    result = receive_stream(root, manifest.release_id, stream, IMMUTABLE)
+    assert result.already_staged and result.bytes_received == 0 and result.files_written == 0
+    assert stream.read() == b""
+
+
+def test_a_stale_partial_directory_is_replaced(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    manifest, stream = stream_for(root, make_build(tmp_path / "dist", fifty_files()))
+    stale = root / "releases" / f"{manifest.release_id}.partial"
+    (stale / "junk").mkdir(parents=True)
+    (stale / "junk" / "file").write_bytes(b"left by a crash")
+    receive_stream(root, manifest.release_id, stream, IMMUTABLE)
+    assert not stale.exists()
+    assert not (root / "releases" / manifest.release_id / "junk").exists()
+
+
+@pytest.mark.parametrize("keep_fraction", [0.0, 0.01, 0.3, 0.5, 0.9, 0.999])
+def test_interrupted_stream_leaves_no_release_and_no_partial(tmp_path: Path, keep_fraction: float) -> None:
+    root = tmp_path / "root"
+    manifest, stream = stream_for(root, make_build(tmp_path / "dist", fifty_files()))
+    data = stream.getvalue()
+    truncated = io.BytesIO(data[: int(len(data) * keep_fraction)])
+    with pytest.raises(ManifestError):
+        receive_stream(root, manifest.release_id, truncated, IMMUTABLE)
+    assert_nothing_staged(root, manifest.release_id)
+
+
+def test_stream_missing_only_its_trailer_is_refused_as_interrupted(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    manifest, stream = stream_for(root, make_build(tmp_path / "dist", fifty_files()))
+    data = stream.getvalue()
+    assert data.endswith(STREAM_END)
+    with pytest.raises(ManifestError, match="interrupted"):
+        receive_stream(root, manifest.release_id, io.BytesIO(data[: -len(STREAM_END)]), IMMUTABLE)
+    assert_nothing_staged(root, manifest.release_id)
+
+
+def test_blob_whose_bytes_do_not_match_its_sha256_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    manifest = build_manifest(make_build(tmp_path / "dist", {"index.html": b"genuine"}))
+    stream = raw_stream(manifest.dumps().encode(), [(manifest.entries[0].sha256, b"forgery")])
+    with pytest.raises(ManifestError, match="sha256"):
+        receive_stream(root, manifest.release_id, stream, IMMUTABLE)
+    assert_nothing_staged(root, manifest.release_id)
+
+
+def test_blob_not_in_the_manifest_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    manifest = build_manifest(make_build(tmp_path / "dist", {"index.html": b"genuine"}))
+    extra = b"smuggled"
+    blobs = [(manifest.entries[0].sha256, b"genuine"), (hashlib.sha256(extra).hexdigest(), extra)]
+    with pytest.raises(ManifestError, match="not in the manifest"):
+        receive_stream(root, manifest.release_id, raw_stream(manifest.dumps().encode(), blobs), IMMUTABLE)
+    assert_nothing_staged(root, manifest.release_id)
+
+
+def test_blob_with_a_size_other_than_the_manifest_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    manifest = build_manifest(make_build(tmp_path / "dist", {"index.html": b"genuine"}))
+    stream = raw_stream(manifest.dumps().encode(), [(manifest.entries[0].sha256, b"genuine!")])
+    with pytest.raises(ManifestError, match="8 bytes"):
+        receive_stream(root, manifest.release_id, stream, IMMUTABLE)
+    assert_nothing_staged(root, manifest.release_id)
+
+
+def test_stream_for_another_release_id_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    manifest, stream = stream_for(root, make_build(tmp_path / "dist", fifty_files()))
+    with pytest.raises(ManifestError, match="not the release 0123456789abcdef"):
+        receive_stream(root, "0123456789abcdef", stream, IMMUTABLE)
+    assert_nothing_staged(root, "0123456789abcdef")
+    assert_nothing_staged(root, manifest.release_id)
+
+
+def test_stream_whose_manifest_has_a_traversal_path_writes_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    content = b"pwned"
+    entry = Entry("../../escape.txt", len(content), hashlib.sha256(content).hexdigest())
+    digest = content_digest([entry])
+    body = {"format": "frontfleet-manifest", "version": 1, "release_id": digest[:16], "digest": digest,
+            "entries": [entry.to_json()]}
+    stream = raw_stream(json.dumps(body).encode(), [(entry.sha256, content)])
+    with pytest.raises(ManifestError, match=r"'\.\.'"):
+        receive_stream(root, digest[:16], stream, IMMUTABLE)
+    assert not (tmp_path / "escape.txt").exists()
+    assert not (root / "escape.txt").exists()
+    assert_nothing_staged(root, digest[:16])
+
+
+def test_content_neither_sent_nor_on_the_host_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    manifest = build_manifest(make_build(tmp_path / "dist", {"a.js": b"a", "b.js": b"b"}))
+    stream = raw_stream(manifest.dumps().encode(), [(manifest.entries[0].sha256, b"a")])
+    with pytest.raises(ManifestError, match=r"b\.js.*neither in the stream nor on this host"):
+        receive_stream(root, manifest.release_id, stream, IMMUTABLE)
+    assert_nothing_staged(root, manifest.release_id)
+
+
+def test_stream_with_wrong_magic_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="FRONTFLEET-STREAM"):
+        receive_stream(tmp_path, "0123456789abcdef", io.BytesIO(b"PK\x03\x04 a zip file"), IMMUTABLE)
+
+
+def test_immutable_files_are_hard_linked_into_the_pool(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    files = {"index.html": b"i", "assets/app-1.js": b"a", "_next/static/x.js": b"n", "static/s.css": b"s",
+             "assetsbis/no.js": b"no"}
+    manifest, *_ = stage(root, make_build(tmp_path / "dist", files))
+    release = root / "releases" / manifest.release_id
+    for relative in ("assets/app-1.js", "_next/static/x.js", "static/s.css"):
+        assert (root / "pool" / relative).stat().st_ino == (release / relative).stat().st_ino
+    assert not (root / "pool" / "index.html").exists()
+    assert not (root / "pool" / "assetsbis").exists()
+
+
+def test_pool_path_with_different_content_is_replaced(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    stage(root, make_build(tmp_path / "v1", {"index.html": b"1", "assets/app.js": b"old"}))
+    second, *_ = stage(root, make_build(tmp_path / "v2", {"index.html": b"2", "assets/app.js": b"new"}))
+    assert (root / "pool" / "assets/app.js").read_bytes() == b"new"
+    assert (root / "pool" / "assets/app.js").stat().st_ino == (
+        root / "releases" / second.release_id / "assets/app.js"
+    ).stat().st_ino
+
+
+def test_progress_reports_content_bytes_sent_so_far(tmp_path: Path) -> None:
+    build = make_build(tmp_path / "dist", {"a": b"x" * 10, "b": b"y" * 5})
+    manifest = build_manifest(build)
+    seen: list[int] = []
+    total = write_stream(io.BytesIO(), manifest, build, [e.sha256 for e in manifest.entries], progress=seen.append)
+    assert total == 15
+    assert seen == sorted(seen) and seen[-1] == 15
+
+
+def test_writing_a_stream_with_a_content_not_in_the_manifest_is_refused(tmp_path: Path) -> None:
+    build = make_build(tmp_path / "dist", {"a": b"x"})
+    with pytest.raises(ManifestError, match="not in the manifest"):
+        write_stream(io.BytesIO(), build_manifest(build), build, ["f" * 64])
