@@ -140,6 +140,15 @@ def cmd_acl(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_wheels(args: argparse.Namespace) -> int:
+    from .wheels import build_wheels
+
+    result = build_wheels(Path(args.source), Path(args.dest), args.python, args.machine)
+    _emit(args, {"changed": result.changed, "directory": str(result.directory), "files": result.files},
+          "\n".join(sorted(result.files)))
+    return EXIT_OK
+
+
 # --- control plane ----------------------------------------------------------------------------------
 
 
@@ -315,6 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--host", help="inventory hostname of a web host")
     who.add_argument("--publisher", action="store_true")
     p.add_argument("--password-file", help="fill in the password (else a >PASSWORD placeholder)")
+    _json_option(p)
+
+    p = add("wheels", cmd_wheels, "build the agent's wheels for the hosts' Python and machine (controller)")
+    p.add_argument("--python", required=True, help="the hosts' Python version, e.g. 3.11")
+    p.add_argument("--machine", required=True, help="the hosts' machine, e.g. x86_64")
+    p.add_argument("--dest", required=True, help="folder for the wheels")
+    p.add_argument("--source", default=".", help="the frontfleet checkout")
     _json_option(p)
 
     release = add("release", lambda a: EXIT_USAGE, "publish, roll back and list releases")

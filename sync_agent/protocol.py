@@ -272,9 +272,13 @@ def publisher_acl_rules(keys: Keys) -> list[str]:
     ]
 
 
-def acl_setuser_line(user: str, rules: list[str], password: str | None = None) -> str:
-    """One `ACL SETUSER` / users.acl line; with no password, a placeholder `>PASSWORD` to fill in."""
-    secret = f">{password}" if password is not None else ">PASSWORD"
+def acl_setuser_line(user: str, rules: list[str], password: str | None = None,
+                     password_sha256: str | None = None) -> str:
+    """One users.acl line. The password as `>plain`, as `#sha256` (kept out of the file), or `>PASSWORD`."""
+    if password_sha256 is not None:
+        secret = f"#{password_sha256}"
+    else:
+        secret = f">{password}" if password is not None else ">PASSWORD"
     return " ".join(["user", user, "on", "resetpass", secret, *rules])
 
 
