@@ -85,11 +85,34 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_have(args: argparse.Namespace) -> int:
+    from .releases import is_staged
     from .staging import lacking
 
     manifest = _read_manifest("-")
-    missing = lacking(Path(args.root), manifest)
-    print(json.dumps([entry.to_json() for entry in missing]))
+    root = Path(args.root)
+    staged = is_staged(root, manifest.release_id)
+    missing = [] if staged else lacking(root, manifest)
+    print(json.dumps({"release": manifest.release_id, "staged": staged,
+                      "missing": [entry.to_json() for entry in missing]}))
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .staging import read_record, release_dir, write_stream
+
+    manifest = read_record(Path(args.root), args.id)
+    wanted = json.loads(sys.stdin.read() or "[]")
+    if not isinstance(wanted, list) or not all(isinstance(sha, str) for sha in wanted):
+        raise UsageError("export reads a JSON list of sha256 digests on stdin")
+    write_stream(sys.stdout.buffer, manifest, release_dir(Path(args.root), args.id), wanted)
+    sys.stdout.buffer.flush()
+    return EXIT_OK
+
+
+def cmd_check_url(args: argparse.Namespace) -> int:
+    from .httpcheck import check_url
+
+    check_url(args.url, args.sha256, args.timeout)
     return EXIT_OK
 
 
@@ -260,6 +283,29 @@ def cmd_lock(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from .control import rollout, session, sync_new_hosts
+
+    with session(args.inventory) as s:
+        if args.build:
+            result = rollout(s, Path(args.build), label=args.label, canary=args.canary, timeout=args.timeout,
+                             check=args.check)
+            new_hosts: list[str] = []
+            data = result.to_json()
+            text = (f"{'would roll out' if args.check else 'rolled out'} {result.release}" if result.changed
+                    else f"{result.release} is already live everywhere; nothing sent, nothing switched")
+            for host, staged in sorted(result.staged.items()):
+                text += (f"\n  {host}: " + ("already staged" if staged.already_staged else
+                                              f"{staged.files_sent} file(s), {staged.bytes_sent} bytes sent"))
+        else:
+            new_hosts = sync_new_hosts(s, timeout=args.timeout, check=args.check)
+            data = {"changed": bool(new_hosts), "hosts": new_hosts, "check_mode": args.check}
+            text = (f"brought {', '.join(new_hosts)} up to the current release" if new_hosts
+                    else "every web host has the current release")
+    _emit(args, data, text)
+    return EXIT_OK
+
+
 # --- parser -----------------------------------------------------------------------------------------
 
 
@@ -305,6 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("have", cmd_have, "read a manifest on stdin, print the entries whose content this host lacks")
     p.add_argument("--root", required=True)
+
+    p = add("export", cmd_export, "write a staging stream of a staged release's contents (sha256 list on stdin)")
+    p.add_argument("--root", required=True)
+    p.add_argument("--id", required=True)
+
+    p = add("check-url", cmd_check_url, "GET a URL; fail unless it answers 200 (with --sha256: that body)")
+    p.add_argument("url")
+    p.add_argument("--sha256")
+    p.add_argument("--timeout", type=float, default=5.0)
 
     p = add("stage", cmd_stage, "receive a staging stream on stdin into releases/<id>")
     p.add_argument("--root", required=True)
@@ -369,6 +424,16 @@ def build_parser() -> argparse.ArgumentParser:
     _json_option(p)
     p = add("list", cmd_data_list, "every key and value", dsub)
     _control_options(p)
+    _json_option(p)
+
+    p = add("rollout", cmd_rollout, "stage a build on every web host of an inventory and switch the fleet to it "
+                                    "(controller); without --build, bring hosts lacking the current release up to it")
+    p.add_argument("--inventory", "-i", help="Ansible inventory (default: $ANSIBLE_INVENTORY, else ansible.cfg's)")
+    p.add_argument("--build", help="the build directory, e.g. dist/")
+    p.add_argument("--label", help="release label (default: git describe of the build's repository)")
+    p.add_argument("--canary", type=int, default=0, help="switch this many hosts first")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for acknowledgements")
+    p.add_argument("--check", action="store_true", help="say what would happen; change nothing")
     _json_option(p)
 
     p = add("fleet", cmd_fleet, "the status of every host; exit 5 while any is silent or lagging")

@@ -1,0 +1,163 @@
+"""The fleet as Ansible sees it: the inventory's host variables over the frontfleet role's defaults.
+
+`fab` and the release play read hosts through this one module, with
+Ansible's own inventory loader and templating, so a play and `fab` always
+agree on addresses, ports, users, paths and the namespace.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULTS_FILE = "roles/frontfleet/defaults/main.yml"
+
+# The frontfleet_* settings the control plane needs, rendered per host.
+_SETTINGS = (
+    "frontfleet_app", "frontfleet_release_root", "frontfleet_namespace", "frontfleet_redis_address",
+    "frontfleet_redis_port", "frontfleet_redis_direct", "frontfleet_http_address", "frontfleet_http_port",
+    "frontfleet_immutable_paths", "frontfleet_keep_releases", "frontfleet_agent_venv", "frontfleet_credentials_dir",
+)
+# Connection variables, as Ansible's ssh connection plugin reads them.
+_CONNECTION = (
+    "ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file", "ansible_ssh_common_args",
+    "ansible_ssh_extra_args", "ansible_become", "ansible_become_method", "ansible_become_user",
+)
+
+
+@dataclass(frozen=True)
+class Host:
+    """One host, reachable over OpenSSH, with the settings a play would give it."""
+
+    name: str  # the inventory hostname: frontfleet's name for it everywhere
+    address: str
+    port: int | None = None
+    user: str | None = None
+    key_file: str | None = None
+    ssh_options: tuple[str, ...] = ()  # the -o options of ansible_ssh_common_args / _extra_args
+    become: bool = False
+    become_method: str = "sudo"
+    become_user: str = "root"
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """The web hosts and the Redis host of one inventory."""
+
+    source: str
+    web: tuple[Host, ...]
+    redis: Host
+
+    def setting(self, name: str) -> Any:
+        """A frontfleet_* setting, as the first web host sees it (the play runs the control plane once)."""
+        host = self.web[0] if self.web else self.redis
+        return host.settings[name]
+
+    @property
+    def namespace(self) -> str:
+        return str(self.setting("frontfleet_namespace"))
+
+    def host(self, name: str) -> Host:
+        for candidate in (*self.web, self.redis):
+            if candidate.name == name:
+                return candidate
+        raise ConfigError(f"{name} is not a host of the inventory {self.source}")
+
+
+def default_inventory(cwd: Path | None = None) -> str:
+    """$ANSIBLE_INVENTORY, else the `inventory` of ansible.cfg (as Ansible looks for it), else an error."""
+    env = os.environ.get("ANSIBLE_INVENTORY")
+    if env:
+        return env.split(",")[0]
+    candidates = [os.environ.get("ANSIBLE_CONFIG"), str((cwd or Path.cwd()) / "ansible.cfg"),
+                  str(Path.home() / ".ansible.cfg"), "/etc/ansible/ansible.cfg"]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            parser = configparser.ConfigParser()
+            parser.read(candidate)
+            value = parser.get("defaults", "inventory", fallback=None)
+            if value:
+                return str((Path(candidate).parent / value.split(",")[0]).resolve())
+    raise ConfigError("no inventory: pass -i/--inventory, set ANSIBLE_INVENTORY, or set inventory in ansible.cfg")
+
+
+def _ssh_options(*args: str | None) -> tuple[str, ...]:
+    """Keep the `-o Key=Value` options of ansible_ssh_*_args (what an ssh_config can say)."""
+    options: list[str] = []
+    for arg in args:
+        words = shlex.split(arg or "")
+        for index, word in enumerate(words):
+            if word == "-o" and index + 1 < len(words):
+                options.append(words[index + 1])
+            elif word.startswith("-o") and len(word) > 2:
+                options.append(word[2:])
+    return tuple(options)
+
+
+def load_fleet(source: str | None = None) -> Fleet:
+    """Read an inventory with Ansible's loader; render what a play would see for each host."""
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar, trust_as_template
+    from ansible.vars.manager import VariableManager
+
+    source = source or default_inventory()
+    if not Path(source).exists():
+        raise ConfigError(f"the inventory {source} does not exist")
+    loader = DataLoader()
+    inventory = InventoryManager(loader=loader, sources=[source])
+    variables = VariableManager(loader=loader, inventory=inventory)
+    defaults = loader.load_from_file(str(REPO_ROOT / DEFAULTS_FILE), trusted_as_template=True)
+    groups = inventory.get_groups_dict()
+    if not groups.get("web"):
+        raise ConfigError(f"the inventory {source} has no host in the group 'web'")
+    if not groups.get("redis"):
+        raise ConfigError(f"the inventory {source} has no host in the group 'redis'")
+    raw = {host.name: variables.get_vars(host=host) for host in inventory.get_hosts()}
+
+    def render(name: str) -> Host:
+        templar = Templar(loader=loader, variables={**defaults, **raw[name], "hostvars": raw})
+
+        def value(var: str) -> Any:
+            return templar.template(trust_as_template("{{ " + var + " | default(None) }}"))
+
+        settings = {var: value(var) for var in _SETTINGS}
+        conn = {var: value(var) for var in _CONNECTION}
+        return Host(
+            name=name,
+            address=str(conn["ansible_host"] or name),
+            port=int(conn["ansible_port"]) if conn["ansible_port"] else None,
+            user=conn["ansible_user"],
+            key_file=str(Path(conn["ansible_ssh_private_key_file"]).expanduser())
+            if conn["ansible_ssh_private_key_file"] else None,
+            ssh_options=_ssh_options(conn["ansible_ssh_common_args"], conn["ansible_ssh_extra_args"]),
+            become=bool(conn["ansible_become"]),
+            become_method=conn["ansible_become_method"] or "sudo",
+            become_user=conn["ansible_become_user"] or "root",
+            settings=_plain(settings),
+        )
+
+    return Fleet(source=source, web=tuple(render(h) for h in groups["web"]), redis=render(groups["redis"][0]))
+
+
+def _plain(value: Any) -> Any:
+    """Ansible's tagged values → plain Python (str, int, bool, list, dict)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    return str(value)

@@ -1,0 +1,191 @@
+"""Reaching hosts and Redis from the controller: the system's OpenSSH with a generated ssh_config.
+
+The client and options are the ones Ansible uses (HostName, Port, User,
+IdentityFile and the -o options of ansible_ssh_common_args, ProxyJump
+included), with ControlMaster multiplexing, so a fleet that Ansible
+reaches, frontfleet reaches. Redis is reached through a local port
+forward to the redis host unless frontfleet_redis_direct is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from .errors import FrontfleetError, StoreUnavailable
+from .inventory import Fleet, Host
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 10
+
+
+class HostUnreachable(FrontfleetError):
+    """A host could not be reached over SSH, or a command on it failed."""
+
+    exit_code = 3
+
+    def __init__(self, host: str, why: str) -> None:
+        super().__init__(f"{host}: {why}")
+        self.host = host
+        self.why = why
+
+
+def ssh_config_text(hosts: list[Host], control_dir: Path) -> str:
+    """An ssh_config with one Host block per inventory host."""
+    blocks = []
+    for host in hosts:
+        lines = [f"Host {host.name}", f"  HostName {host.address}"]
+        if host.port:
+            lines.append(f"  Port {host.port}")
+        if host.user:
+            lines.append(f"  User {host.user}")
+        if host.key_file:
+            lines += [f"  IdentityFile {host.key_file}", "  IdentitiesOnly yes"]
+        for option in host.ssh_options:
+            key, _, value = option.partition("=")
+            lines.append(f"  {key.strip()} {value.strip()}" if value else f"  {option}")
+        lines += [
+            "  BatchMode yes",
+            f"  ConnectTimeout {CONNECT_TIMEOUT}",
+            "  ServerAliveInterval 5",
+            "  ServerAliveCountMax 3",
+            "  ControlMaster auto",
+            f"  ControlPath {control_dir}/%C",
+            "  ControlPersist 60",
+        ]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+class Remote:
+    """Run commands on the fleet's hosts through OpenSSH; one instance per operation."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self._dir = tempfile.TemporaryDirectory(prefix="frontfleet-ssh-")
+        self.config = Path(self._dir.name) / "ssh_config"
+        self.config.write_text(ssh_config_text([*fleet.web, fleet.redis], Path(self._dir.name)))
+
+    def close(self) -> None:
+        """Stop the ControlMaster processes and remove the generated files."""
+        for host in (*self.fleet.web, self.fleet.redis):
+            subprocess.run(["ssh", "-F", str(self.config), "-O", "exit", host.name],
+                           capture_output=True, check=False, timeout=10)
+        self._dir.cleanup()
+
+    def __enter__(self) -> Remote:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def argv(self, host: Host, command: list[str]) -> list[str]:
+        """The ssh command line that runs command on host, with become when the inventory asks for it."""
+        if host.become and host.become_user != host.user:
+            if host.become_method != "sudo":
+                raise FrontfleetError(f"{host.name}: become method {host.become_method!r} is not supported; use sudo")
+            command = ["sudo", "-n", "-u", host.become_user, "--", *command]
+        return ["ssh", "-F", str(self.config), host.name, "--", shlex.join(command)]
+
+    def run(self, host: Host, command: list[str], stdin: bytes | None = None, timeout: float = 120) -> str:
+        """Run a command, return its stdout; HostUnreachable names the host and the cause."""
+        try:
+            result = subprocess.run(self.argv(host, command), input=stdin, capture_output=True, timeout=timeout,
+                                    check=False)
+        except subprocess.TimeoutExpired as err:
+            raise HostUnreachable(host.name, f"no answer within {timeout:.0f}s") from err
+        if result.returncode != 0:
+            raise HostUnreachable(host.name, _why(result.returncode, result.stderr.decode(errors="replace")))
+        return result.stdout.decode()
+
+    def stream(self, host: Host, command: list[str], write: Callable[[IO[bytes]], object],
+               timeout: float = 600) -> str:
+        """Run a command, let write() feed its stdin, return its stdout; HostUnreachable if it fails."""
+        with subprocess.Popen(self.argv(host, command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) as proc:
+            assert proc.stdin is not None
+            try:
+                write(proc.stdin)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # the remote side gave up; its stderr says why
+            try:
+                stdout, stderr = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired as err:
+                proc.kill()
+                raise HostUnreachable(host.name, f"no answer within {timeout:.0f}s") from err
+        if proc.returncode != 0:
+            raise HostUnreachable(host.name, _why(proc.returncode, stderr.decode(errors="replace")))
+        return stdout.decode()
+
+    def relay(self, source: Host, source_command: list[str], source_input: bytes, target: Host,
+              target_command: list[str], timeout: float = 600) -> str:
+        """Pipe one host's command output into another's, through the controller; return the target's stdout."""
+        with subprocess.Popen(self.argv(source, source_command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) as producer:
+            assert producer.stdin is not None and producer.stdout is not None
+            producer.stdin.write(source_input)
+            producer.stdin.close()
+            output = self.stream(target, target_command, lambda pipe: shutil.copyfileobj(producer.stdout, pipe),
+                                 timeout)
+            _, stderr = producer.communicate(timeout=timeout)
+        if producer.returncode != 0:
+            raise HostUnreachable(source.name, _why(producer.returncode, stderr.decode(errors="replace")))
+        return output
+
+    @contextmanager
+    def tunnel(self, host: Host, address: str, port: int) -> Iterator[tuple[str, int]]:
+        """A local port forwarded to address:port as seen from host (Redis behind its private address)."""
+        local = _free_port()
+        proc = subprocess.Popen(
+            ["ssh", "-F", str(self.config), "-N", "-o", "ExitOnForwardFailure=yes", "-o", "ControlMaster=no",
+             "-L", f"127.0.0.1:{local}:{address}:{port}", host.name],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        try:
+            _wait_for_port(proc, local, host.name)
+            yield "127.0.0.1", local
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _why(code: int, stderr: str) -> str:
+    text = " ".join(stderr.strip().splitlines()[-3:]) or f"exit code {code}"
+    if code == 255:
+        return f"unreachable over SSH ({text})"
+    return text
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(proc: subprocess.Popen[bytes], port: int, host: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            why = stderr.strip() or f"exit code {proc.returncode}"
+            raise StoreUnavailable(f"the SSH tunnel to Redis through {host} failed: {why}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise StoreUnavailable(f"the SSH tunnel to Redis through {host} did not open within {timeout:.0f}s")
