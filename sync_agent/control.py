@@ -283,7 +283,7 @@ def rollout(s: Session, build: Path, label: str | None = None, canary: int = 0,
     manifest = build_manifest(build)
     release = manifest.release_id
     hosts = list(s.fleet.web)
-    if canary < 0 or canary >= len(hosts) and canary:
+    if canary < 0 or (canary and canary >= len(hosts)):
         raise UsageError(f"--canary must be between 1 and {len(hosts) - 1} for a fleet of {len(hosts)} hosts")
     with s.lock.held(default_holder(f"rollout of {release}"), token=token) as held:
         desired, history = s.store.desired(), s.store.history()
