@@ -1,0 +1,187 @@
+"""The agent's side of Redis: one connection session, subscribe, snapshot, status, probe, backoff.
+
+A Bus is one session: it opens a client, subscribes to the namespace's events
+channel and the host's probe channel in one SUBSCRIBE, and is thrown away on
+any failure; service.py then waits (capped exponential backoff with jitter) and
+opens a new one, which resubscribes and resyncs from the snapshot. redis-py's
+own retries are off, so one policy, logged once per retry, owns reconnects.
+Every command sent here is one the agent's ACL user may run (protocol.agent_acl_rules).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Mapping
+from typing import Any, cast
+
+import redis
+import redis.asyncio
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from .config import AgentConfig
+from .errors import StoreUnavailable
+from .protocol import Keys
+from .snapshot import Snapshot, parse_snapshot, queue_snapshot
+
+log = logging.getLogger(__name__)
+
+
+class ConnectionLost(StoreUnavailable):
+    """The session is dead: a probe did not come back, or the subscription went away."""
+
+
+# Errors that mean "this session is over; reconnect".
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError, TimeoutError, ConnectionLost)
+
+
+def describe(err: BaseException) -> str:
+    """A one-line cause for the reconnect log line."""
+    if isinstance(err, redis.exceptions.NoPermissionError) or "NOPERM" in str(err):
+        return f"Redis refused a command: {err} (check the agent's ACL user)"
+    if isinstance(err, redis.exceptions.AuthenticationError):
+        return f"Redis refused the credentials: {err} (check redis.username and redis.password_file)"
+    text = str(err) or type(err).__name__
+    return text if isinstance(err, ConnectionLost) else f"{type(err).__name__}: {text}"
+
+
+class Backoff:
+    """Capped exponential backoff with jitter: the n-th delay is uniform in [d/2, d], d = min(cap, base·2ⁿ)."""
+
+    def __init__(self, base: float, cap: float) -> None:
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap, self.base * (2 ** min(self.attempt, 30)))
+        self.attempt += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Bus:
+    """One Redis session of the agent."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.keys = Keys(config.namespace)
+        self.events_channel = self.keys.events.encode()
+        self.probe_channel = self.keys.probe(config.host).encode()
+        self.status_key = self.keys.status(config.host)
+        extra: dict[str, Any] = {}
+        if config.username:
+            extra["username"] = config.username
+        if config.password:
+            extra["password"] = config.password
+        if config.ca_file:
+            extra["ssl_ca_certs"] = config.ca_file
+        self.client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
+            config.redis_url,
+            socket_connect_timeout=config.connect_timeout,
+            socket_timeout=config.command_timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+            decode_responses=False,
+            **extra,
+        )
+        self.pubsub: PubSub = self.client.pubsub()
+        self._early: list[tuple[bytes, bytes]] = []
+        self._clock_offset = 0.0  # Redis' clock minus ours, measured at the last TIME
+
+    @property
+    def where(self) -> str:
+        kwargs = self.client.connection_pool.connection_kwargs
+        return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+
+    async def open(self) -> None:
+        """Subscribe to the events and probe channels in one SUBSCRIBE and wait for both confirmations."""
+        await self.pubsub.subscribe(self.events_channel, self.probe_channel)
+        pending = {self.events_channel, self.probe_channel}
+        deadline = time.monotonic() + self.config.command_timeout
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ConnectionLost("SUBSCRIBE was not confirmed in time")
+            reply = await self.pubsub.get_message(timeout=remaining)
+            if reply is None:
+                continue
+            if reply["type"] == "subscribe":
+                pending.discard(reply["channel"])
+            elif reply["type"] == "message":
+                self._early.append((reply["channel"], reply["data"]))
+
+    async def messages(self, timeout: float, limit: int = 10_000) -> list[tuple[bytes, bytes]]:
+        """Wait up to timeout for a message, then take every message already received (coalescing)."""
+        batch, self._early = self._early, []
+        pubsub = self.pubsub
+        if not batch:
+            reply = await pubsub.get_message(timeout=max(timeout, 0.0))
+            if reply is None:
+                return batch
+            if reply["type"] == "message":
+                batch.append((reply["channel"], reply["data"]))
+            elif reply["type"] == "unsubscribe":
+                raise ConnectionLost(f"Redis unsubscribed us from {reply['channel']!r}")
+        while len(batch) < limit:
+            reply = await pubsub.get_message(timeout=0.0)
+            if reply is None:
+                break
+            if reply["type"] == "message":
+                batch.append((reply["channel"], reply["data"]))
+            elif reply["type"] == "unsubscribe":
+                raise ConnectionLost(f"Redis unsubscribed us from {reply['channel']!r}")
+        return batch
+
+    async def snapshot(self) -> Snapshot:
+        """The full desired state in one MULTI/EXEC."""
+        pipe = self.client.pipeline(transaction=True)
+        queue_snapshot(pipe, self.keys)
+        return parse_snapshot(await pipe.execute())
+
+    async def release_label(self, release_id: str) -> str:
+        """The label in the release's metadata (`HGET <ns>:releases <id>`), or the id when there is none."""
+        raw = await cast(Awaitable[bytes | None], self.client.hget(self.keys.releases, release_id))
+        if raw is None:
+            return release_id
+        try:
+            meta = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            log.warning("release %s has metadata that is not JSON; using its id as label", release_id)
+            return release_id
+        label = meta.get("label") if isinstance(meta, dict) else None
+        return label if isinstance(label, str) and label else release_id
+
+    async def sync_clock(self) -> float:
+        """Redis' clock (TIME); also remembers the offset to ours for acknowledgements between heartbeats."""
+        seconds, micros = await self.client.time()
+        now = float(seconds) + int(micros) / 1e6
+        self._clock_offset = now - time.time()
+        return now
+
+    def server_now(self) -> float:
+        """Redis' clock as estimated from the last TIME, without a round trip."""
+        return time.time() + self._clock_offset
+
+    async def write_status(self, fields: Mapping[str, str]) -> None:
+        await cast(Awaitable[int], self.client.hset(self.status_key, mapping=dict(fields)))
+
+    async def publish_probe(self, token: bytes) -> None:
+        await self.client.publish(self.probe_channel, token)
+
+    async def close(self) -> None:
+        """Drop both connections without waiting on a peer that may be gone (a half-open socket)."""
+        try:
+            await self.pubsub.aclose()  # type: ignore[no-untyped-call]
+        except Exception as err:  # closing a dead connection can fail any way; the session is over anyway
+            log.debug("closing the subscription: %s", err)
+        try:
+            await self.client.aclose()
+        except Exception as err:
+            log.debug("closing the client: %s", err)

@@ -1,0 +1,484 @@
+"""The agent daemon: keep this host's `current` release and `shared/` files equal to the desired state in Redis.
+
+Lifecycle of one connection (docs/reliability.md): subscribe to the events and
+probe channels, read the snapshot, apply it, then apply messages in revision
+order; a gap or a new epoch resyncs from the snapshot, and so does a timer.
+A probe published to the host's own channel must come back in time, or the
+session is treated as dead: reconnect (capped exponential backoff with
+jitter), resubscribe, resync.
+
+Lifecycle of the process (after uvicorn's server.py): signals only set a flag;
+the main loop notices, lets the batch being applied finish, then cancels; a
+second signal forces. READY=1 goes to systemd at once, since the host serves
+what is on disk whether or not Redis is reachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import __version__
+from .bus import CONNECTION_ERRORS, Backoff, Bus, ConnectionLost, describe
+from .config import AgentConfig, load_config
+from .errors import EXIT_FAILURE, EXIT_OK, ConfigError, FrontfleetError, ProtocolError
+from .notify import Notifier, watchdog_interval
+from .protocol import Desired, HostStatus, Message, parse_message
+from .releases import current_release, previous_release, switch
+from .shared_data import ReleaseInfo, SharedFiles
+from .snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 0.5  # how long a stop waits for the batch being applied before it cancels
+CLOSE_SECONDS = 0.3  # closing a dead connection must not hold up a reconnect or a stop
+EMPTY_STORE_ERROR = ("the store is empty (Redis lost its data, or nothing was published yet): serving what is on "
+                     "disk; an operator should re-publish the release and the data (docs/reliability.md)")
+
+# Error categories, most important first: the status `error` field lists the current ones in this order.
+_ERROR_ORDER = ("store", "release", "template", "message")
+
+
+@dataclass
+class _Batch:
+    """What a batch of messages changed, so the files are written once per batch."""
+
+    data: bool = False
+    release: bool = False
+    applied: int = 0
+    first: int = 0
+    resynced: bool = False
+
+
+@dataclass
+class _Probes:
+    sent: dict[bytes, float] = field(default_factory=dict)
+
+    def returned(self, token: bytes) -> None:
+        """Probes come back in order: this one and every earlier one are home."""
+        if token not in self.sent:
+            return
+        for key in list(self.sent):
+            del self.sent[key]
+            if key == token:
+                break
+
+    def overdue(self, now: float, timeout: float) -> float:
+        """Age of the oldest probe still out, if it is older than timeout; else 0."""
+        if not self.sent:
+            return 0.0
+        age = now - next(iter(self.sent.values()))
+        return age if age > timeout else 0.0
+
+
+class Agent:
+    """The agent's state and its loops. One instance per process."""
+
+    def __init__(self, config: AgentConfig, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.root = config.release_root
+        self.notifier = notifier or Notifier()
+        self.shared = SharedFiles(config.shared_dir, config.templates_dir, config.host)
+        self.epoch: str | None = None
+        self.revision = 0
+        self.data: dict[str, Any] = {}
+        self.desired = Desired()
+        self.synced = False  # a snapshot was applied since the process started
+        self.store_empty = False
+        self.connected = False
+        self.current: str | None = None
+        self.previous: str | None = None
+        self.switched_at_ns = 0
+        self.errors: dict[str, str] = {}
+        self._labels: dict[str, str] = {}
+        self._unstaged_logged: str | None = None
+        self._status_lock = asyncio.Lock()
+        self._probes = _Probes()
+        self._probe_tokens = itertools.count(1)
+        self._last_systemd_status = ""
+        self._busy = False
+        self.should_exit = asyncio.Event()
+        self.force_exit = False
+        self._main_task: asyncio.Task[None] | None = None
+
+    # --- state ----------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        if not self.synced or self.store_empty or "release" in self.errors:
+            return "degraded"
+        return "ready"
+
+    def error_text(self) -> str:
+        return "; ".join(self.errors[kind] for kind in _ERROR_ORDER if kind in self.errors)
+
+    def host_status(self, seen_at: float) -> HostStatus:
+        return HostStatus(
+            release=self.current or "",
+            previous=self.previous or "",
+            revision=self.revision,
+            epoch=self.epoch or "",
+            state=self.state,
+            error=self.error_text(),
+            switched_at_ns=self.switched_at_ns,
+            seen_at=round(seen_at, 6),
+            heartbeat=self.config.heartbeat,
+            agent_version=__version__,
+            pid=os.getpid(),
+        )
+
+    def systemd_status(self) -> str:
+        where = "connected" if self.connected else "not connected to Redis"
+        text = (f"{self.state}: release {self.current or '-'}, revision {self.revision}, "
+                f"epoch {self.epoch or '-'}, {where}")
+        error = self.error_text()
+        return f"{text}; {error}" if error else text
+
+    def _tell_systemd(self) -> None:
+        text = self.systemd_status()
+        if text != self._last_systemd_status:
+            self._last_systemd_status = text
+            self.notifier.status(text)
+
+    # --- applying -------------------------------------------------------------------------------
+
+    def _apply_snapshot(self, snapshot: Snapshot, batch: _Batch, why: str) -> None:
+        """Make the snapshot the applied state (in memory; _flush writes the files)."""
+        batch.resynced = True
+        if snapshot.empty:
+            if not self.store_empty:
+                log.error("resync (%s): %s", why, EMPTY_STORE_ERROR)
+            self.store_empty = True
+            self.errors["store"] = EMPTY_STORE_ERROR
+            self.epoch, self.revision = None, 0
+            self.synced = True
+            return
+        if self.store_empty:
+            log.info("the store has data again (epoch %s, revision %d)", snapshot.epoch, snapshot.revision)
+        log.info("resync (%s): epoch %s, revision %d, %d data keys, release %s", why, snapshot.epoch,
+                 snapshot.revision, len(snapshot.data), snapshot.desired.target_for(self.config.host) or "-")
+        self.store_empty = False
+        self.errors.pop("store", None)
+        self.errors.pop("message", None)
+        self.epoch, self.revision = snapshot.epoch, snapshot.revision
+        self.data = dict(snapshot.data)
+        self.desired = snapshot.desired
+        self.synced = True
+        batch.data = batch.release = True
+
+    def _apply_message(self, message: Message, batch: _Batch) -> None:
+        if message.data is not None:
+            change = message.data
+            if change.op == "set":
+                self.data[change.key] = change.value
+            else:
+                self.data.pop(change.key, None)
+            batch.data = True
+        elif message.desired is not None:
+            self.desired = message.desired
+            batch.release = True
+        self.revision = message.revision
+        batch.applied += 1
+        batch.first = batch.first or message.revision
+        self.errors.pop("message", None)
+
+    async def _process(self, bus: Bus, items: list[tuple[bytes, bytes]]) -> None:
+        """Apply a batch in revision order, resyncing on a gap or a new epoch, then write the files once."""
+        batch = _Batch()
+        probe_channel = bus.probe_channel
+        had_error = self.errors.get("message")
+        for channel, raw in items:
+            if channel == probe_channel:
+                self._probes.returned(raw)
+                continue
+            try:
+                message = parse_message(raw)
+            except ProtocolError as err:
+                log.warning("skipped a bad message on %s: %s", channel.decode(errors="replace"), err)
+                self.errors["message"] = f"skipped a bad message: {err}"
+                continue
+            if message.epoch != self.epoch:
+                why = f"message from epoch {message.epoch}, applied epoch {self.epoch or '-'}"
+                await self._resync(bus, batch, why)
+            elif message.revision <= self.revision:
+                log.debug("skipped duplicate revision %d (applied %d)", message.revision, self.revision)
+            elif message.revision > self.revision + 1:
+                why = f"gap: got revision {message.revision} after {self.revision}"
+                await self._resync(bus, batch, why)
+            else:
+                self._apply_message(message, batch)
+        if batch.applied:
+            log.info("applied revisions %d..%d (%d change(s)) in epoch %s", batch.first, self.revision,
+                     batch.applied, self.epoch)
+        if batch.data or batch.release or batch.resynced:
+            await self._flush(bus, batch)
+        elif self.errors.get("message") != had_error:
+            await self.write_status(bus)  # a skipped message shows in the status at once
+            self._tell_systemd()
+
+    async def _resync(self, bus: Bus, batch: _Batch, why: str) -> None:
+        snapshot = await bus.snapshot()
+        if not snapshot.empty and (snapshot.epoch, snapshot.revision) == (self.epoch, self.revision):
+            log.debug("a stale message (%s); the store is where this host is", why)
+            return
+        self._apply_snapshot(snapshot, batch, why)
+
+    def _ensure_release(self) -> bool:
+        """Switch `current` to this host's target if it differs. Returns True when it switched."""
+        target = self.desired.target_for(self.config.host)
+        if target is None or target == self.current:
+            self.errors.pop("release", None)
+            self._unstaged_logged = None
+            return False
+        try:
+            result = switch(self.root, target)
+        except (FrontfleetError, OSError) as err:
+            self.errors["release"] = f"cannot switch to {target}: {err}"
+            if self._unstaged_logged != target:
+                log.error("cannot switch to release %s, staying on %s: %s", target, self.current or "-", err)
+                self._unstaged_logged = target
+            return False
+        self.errors.pop("release", None)
+        self._unstaged_logged = None
+        self.current, self.previous = target, result.previous
+        if result.switched_at_ns:
+            self.switched_at_ns = result.switched_at_ns
+        return result.switched
+
+    async def _flush(self, bus: Bus, batch: _Batch) -> None:
+        """Write what the batch changed: switch, data.json, the status (the ack), then the templates."""
+        switched = self._ensure_release() if batch.release else False
+        wrote = False
+        if batch.data and not self.store_empty:
+            try:
+                self.shared.write_data(self.data)
+                wrote = True
+            except OSError as err:
+                log.error("cannot write %s: %s", self.shared.shared_dir / "data.json", err)
+        await self.write_status(bus)
+        if wrote or switched or (batch.resynced and not self.store_empty):
+            await self._render(bus)
+        self._tell_systemd()
+
+    async def _render(self, bus: Bus) -> None:
+        release: ReleaseInfo | None = None
+        if self.current is not None:
+            label = self._labels.get(self.current)
+            if label is None:
+                label = await bus.release_label(self.current)
+                self._labels[self.current] = label
+            release = ReleaseInfo(self.current, label)
+        failures = self.shared.render(self.data, release, self.revision)
+        had = self.errors.get("template")
+        if failures:
+            self.errors["template"] = self.shared.error_summary()
+        else:
+            self.errors.pop("template", None)
+        if self.errors.get("template") != had:
+            await self.write_status(bus)
+
+    async def write_status(self, bus: Bus, clock: bool = False) -> None:
+        """HSET the status hash; seen_at is Redis' clock (TIME on heartbeats, estimated from it in between)."""
+        async with self._status_lock:
+            seen_at = await bus.sync_clock() if clock else bus.server_now()
+            await bus.write_status(self.host_status(seen_at).to_hash())
+
+    # --- one connection -------------------------------------------------------------------------
+
+    async def _session(self, bus: Bus, backoff: Backoff) -> None:
+        """Subscribe, resync, then consume until the connection fails (raises) or the agent stops."""
+        await bus.open()
+        await bus.sync_clock()
+        batch = _Batch()
+        self._apply_snapshot(await bus.snapshot(), batch, "connected")
+        self.connected = True
+        backoff.reset()
+        await self._flush(bus, batch)
+        log.info("connected to Redis at %s as %s; subscribed to %s and %s", bus.where,
+                 self.config.username or "default", bus.keys.events, bus.probe_channel.decode())
+        self._probes = _Probes()
+        tasks = [asyncio.create_task(self._consume(bus), name="consume"),
+                 asyncio.create_task(self._probe_loop(bus), name="probe"),
+                 asyncio.create_task(self._heartbeat_loop(bus), name="heartbeat")]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            error = task.exception()
+            if error is not None:
+                raise error
+
+    async def _consume(self, bus: Bus) -> None:
+        loop = asyncio.get_running_loop()
+        next_reconcile = loop.time() + self.config.reconcile
+        while not self.should_exit.is_set():
+            items = await bus.messages(timeout=max(0.0, next_reconcile - loop.time()))
+            self._busy = True
+            try:
+                if items:
+                    await self._process(bus, items)
+                if loop.time() >= next_reconcile:
+                    await self._reconcile(bus)
+                    next_reconcile = loop.time() + self.config.reconcile
+            finally:
+                self._busy = False
+
+    async def _reconcile(self, bus: Bus) -> None:
+        """Compare with the snapshot on a timer: catches anything missed, retries a switch that failed."""
+        snapshot = await bus.snapshot()
+        batch = _Batch()
+        if snapshot.epoch != self.epoch or snapshot.revision != self.revision:
+            why = (f"reconcile: store at epoch {snapshot.epoch or '-'} revision {snapshot.revision}, "
+                   f"applied epoch {self.epoch or '-'} revision {self.revision}")
+            if not (snapshot.empty and self.store_empty):
+                self._apply_snapshot(snapshot, batch, why)
+                await self._flush(bus, batch)
+            return
+        if self.desired.target_for(self.config.host) != self.current:
+            batch.release = True
+        if self.shared.errors or self.shared.templates_changed():
+            batch.resynced = True
+        if batch.release or batch.resynced:
+            await self._flush(bus, batch)
+
+    async def _probe_loop(self, bus: Bus) -> None:
+        """Publish a probe to our own channel every interval; one that does not come back ends the session."""
+        loop = asyncio.get_running_loop()
+        timeout = self.config.probe_timeout
+        while True:
+            token = str(next(self._probe_tokens)).encode()
+            self._probes.sent[token] = loop.time()
+            try:
+                await asyncio.wait_for(bus.publish_probe(token), timeout)
+            except TimeoutError as err:
+                raise ConnectionLost(f"the probe could not be published within {timeout:g}s") from err
+            await asyncio.sleep(self.config.probe)
+            overdue = self._probes.overdue(loop.time(), timeout)
+            if overdue:
+                raise ConnectionLost(f"a probe did not come back within {timeout:g}s (out for {overdue:.1f}s): "
+                                     "the subscription is dead")
+
+    async def _heartbeat_loop(self, bus: Bus) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat)
+            await asyncio.wait_for(self.write_status(bus, clock=True), self.config.command_timeout)
+            self._tell_systemd()
+
+    async def _connect_forever(self) -> None:
+        backoff = Backoff(self.config.reconnect_min, self.config.reconnect_max)
+        while not self.should_exit.is_set():
+            bus = Bus(self.config)
+            try:
+                await self._session(bus, backoff)
+                cause = "stopped"
+            except CONNECTION_ERRORS as err:
+                cause = describe(err)
+            finally:
+                self.connected = False
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(bus.close(), CLOSE_SECONDS)
+            if self.should_exit.is_set():
+                return
+            delay = backoff.next_delay()
+            log.warning("Redis connection failed (%s); retrying in %.2fs (attempt %d)", cause, delay, backoff.attempt)
+            self._tell_systemd()
+            await asyncio.sleep(delay)
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    # --- the process ----------------------------------------------------------------------------
+
+    def _signal(self, signum: int) -> None:
+        """First signal: stop gracefully. Second: force."""
+        if self.should_exit.is_set():
+            log.warning("received %s again: forcing the exit", signal.Signals(signum).name)
+            self.force_exit = True
+            if self._main_task is not None:
+                self._main_task.cancel()
+            return
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        self.should_exit.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._signal, signum)
+        self.shared.ensure_dir()
+        self.current = current_release(self.root)
+        self.previous = previous_release(self.root)
+        with contextlib.suppress(OSError):
+            self.switched_at_ns = os.lstat(self.root / "current").st_mtime_ns  # the last switch, before a restart
+        self.notifier.ready(self.systemd_status())
+        log.info("sync agent %s started for host %s: serving release %s from %s (degraded until the first "
+                 "snapshot)", __version__, self.config.host, self.current or "-", self.root)
+        helpers = []
+        interval = watchdog_interval()
+        if interval is not None:
+            helpers.append(asyncio.create_task(self._watchdog(interval)))
+        self._main_task = asyncio.create_task(self._connect_forever())
+        waiter = asyncio.create_task(self.should_exit.wait())
+        try:
+            await asyncio.wait({self._main_task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            self.notifier.stopping()
+            deadline = loop.time() + DRAIN_SECONDS
+            while self._busy and not self.force_exit and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+        finally:
+            for task in (self._main_task, waiter, *helpers):
+                task.cancel()
+            await asyncio.gather(self._main_task, waiter, *helpers, return_exceptions=True)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+        if self._main_task.done() and not self._main_task.cancelled() and self._main_task.exception():
+            error = self._main_task.exception()
+            log.error("the agent failed: %s", error, exc_info=error)
+            return EXIT_FAILURE
+        log.info("stopped%s", " (forced)" if self.force_exit else "")
+        return EXIT_FAILURE if self.force_exit else EXIT_OK
+
+
+def setup_logging(config: AgentConfig) -> None:
+    """One line per event on stdout; journald adds the time, so the line does not."""
+    handler = logging.StreamHandler(sys.stdout)
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    handler.setFormatter(logging.Formatter(f"{stamp}%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(config.log_level_number)
+    if config.log_level_number > logging.DEBUG:
+        logging.getLogger("redis").setLevel(logging.WARNING)
+
+
+def main(config_path: str) -> int:
+    """Run the agent until SIGTERM; returns the exit code (2 for a bad config, naming the key)."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as err:
+        print(f"sync-agent: {err}", file=sys.stderr)
+        return err.exit_code
+    setup_logging(config)
+    try:
+        return asyncio.run(Agent(config).run())
+    except OSError as err:
+        log.error("cannot run the agent: %s", err)
+        return EXIT_FAILURE
+    finally:
+        sys.stdout.flush()
+
+
+__all__ = ["Agent", "main"]
