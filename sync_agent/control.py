@@ -410,3 +410,36 @@ def sync_new_hosts(s: Session, timeout: float = DEFAULT_ACK_TIMEOUT, check: bool
 
 def status(s: Session) -> list[HostView]:
     return fleet_view(s.store, s.web_names)
+
+
+def status_rows(s: Session) -> list[dict[str, Any]]:
+    """`fab status`: one row per inventory host, with the release's label and how long ago it was seen."""
+    meta = s.store.release_metadata()
+    now = s.store.server_time()
+    rows = []
+    for view in status(s):
+        st = view.status
+        rows.append({
+            "host": view.host, "release": st.release if st else None,
+            "label": meta.get(st.release, {}).get("label") if st and st.release else None,
+            "revision": st.revision if st else None, "state": st.state if st else None,
+            "seen": f"{now - st.seen_at:.0f}s ago" if st else None, "target": view.target,
+            "healthy": view.healthy, "problem": view.problem or (st.error if st else ""),
+        })
+    return rows
+
+
+def release_list(s: Session) -> list[dict[str, Any]]:
+    """The activation history with metadata, oldest first; `current` marks the live release."""
+    history = s.store.history()
+    meta = s.store.release_metadata()
+    return [{"release": release, "current": index == history.position, "label": meta.get(release, {}).get("label", ""),
+             "who": meta.get(release, {}).get("who", ""), "when": meta.get(release, {}).get("when", "")}
+            for index, release in enumerate(history.releases)]
+
+
+def break_lock(s: Session) -> str:
+    """Break the deploy lock (a dead holder's); returns who held it, "" when it was free."""
+    token, previous = s.lock.force(default_holder("lock --force"))
+    s.lock.release(token)
+    return previous
