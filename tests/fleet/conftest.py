@@ -1,0 +1,82 @@
+"""Fixtures that own real systemd hosts (the fleet harness in `fleet/`): booted once, always torn down.
+
+* `fleet` — the session's fleet: web1..web3 and redis1 on the provisioned base, 127.0.1.1-4
+  (override the subnet with FRONTFLEET_TEST_SUBNET, e.g. while a `make demo` fleet holds 127.0.1.x).
+* `bare_fleet` — web1 and redis1 on the bare base (nothing installed yet) on 127.0.2.x, for the
+  test that proves the roles' install path.
+* `boot_fleet` — a factory for any other fleet a test needs (own name, own subnet).
+
+A missing tool is a failure that says which apt command fixes it, never a skip (CI=true or not).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from fleet import Fleet
+from fleet.system import apt_command, missing_tools
+
+#: The first fleet test may build the base images (debootstrap + apt: about a minute, once per cache).
+FIRST_FLEET_TEST_TIMEOUT = 900
+
+BootFleet = Callable[..., Fleet]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give the first fleet test the time a first-ever base build needs; the others keep the default."""
+    for item in items:
+        if item.get_closest_marker("fleet") is not None:
+            item.add_marker(pytest.mark.timeout(FIRST_FLEET_TEST_TIMEOUT))
+            return
+
+
+def require_fleet_tools() -> None:
+    """Fail (never skip) when the harness cannot run here, with the command that fixes it."""
+    if os.geteuid() != 0:
+        pytest.fail("the fleet tests boot systemd-nspawn containers and need root")
+    missing = missing_tools()
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}; install with: {apt_command(missing.values())}"
+                    " (or run `make test`, which does)")
+
+
+@pytest.fixture(scope="session")
+def boot_fleet() -> Iterator[BootFleet]:
+    """Boot an extra fleet: boot_fleet(name, subnet=..., web=1, redis=0, base="bare"). Every fleet
+    booted through it is torn down at the end of the session, also after a failure."""
+    booted: list[Fleet] = []
+
+    def boot(name: str, *, subnet: str, web: int = 1, redis: int = 0, base: str = "bare") -> Fleet:
+        require_fleet_tools()
+        fleet = Fleet(name, subnet=subnet)
+        booted.append(fleet)
+        fleet.up(web=web, redis=redis, base=base)
+        return fleet
+
+    try:
+        yield boot
+    finally:
+        for fleet in booted:
+            fleet.down()
+
+
+@pytest.fixture(scope="session")
+def fleet() -> Iterator[Fleet]:
+    """web1..web3 + redis1 on the provisioned base, booted once per session."""
+    require_fleet_tools()
+    fleet = Fleet("test", subnet=os.environ.get("FRONTFLEET_TEST_SUBNET", "127.0.1"))
+    try:
+        fleet.up(web=3, redis=1, base="provisioned")
+        yield fleet
+    finally:
+        fleet.down()
+
+
+@pytest.fixture(scope="session")
+def bare_fleet(boot_fleet: BootFleet) -> Fleet:
+    """web1 + redis1 on the bare base (only debootstrap's packages) on 127.0.2.x."""
+    return boot_fleet("test-bare", subnet=os.environ.get("FRONTFLEET_TEST_BARE_SUBNET", "127.0.2"),
+                      web=1, redis=1, base="bare")
