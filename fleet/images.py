@@ -17,12 +17,14 @@ import fcntl
 import hashlib
 import logging
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fleet.system import FleetError, remove_tree, run
+from fleet.cgroups import HostCgroup
+from fleet.system import FleetError, remove_tree, run, wait_gone
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +162,19 @@ def _in_root(root: Path, script: str, timeout: float = 300) -> None:
     """Run a shell script inside a root tree (not booted); nspawn gives it /proc, /dev and DNS and
     keeps their mounts in its own namespace, so nothing is left mounted if the build is killed."""
     log_file = cache_dir() / "build.log"
-    proc = run(["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--as-pid2",
-                f"--machine=ffbuild-{os.getpid()}", "--resolv-conf=copy-host", "-D", root,
-                "/bin/sh", "-c", script], timeout=timeout, check=False)
+    cgroup = HostCgroup("images", f"build-{os.getpid()}")  # not the caller's cgroup: see fleet/cgroups.py
+    cgroup.create()
+    try:
+        proc = subprocess.run(
+            ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--as-pid2",
+             f"--machine=ffbuild-{os.getpid()}", "--resolv-conf=copy-host", "-D", str(root), "/bin/sh", "-c", script],
+            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, preexec_fn=cgroup.enter,
+            check=False)
+    finally:
+        if cgroup.procs():  # a timeout killed nspawn, not the container
+            cgroup.kill()
+            wait_gone(cgroup.procs(), 10)
+        cgroup.remove()
     with log_file.open("a") as out:
         out.write(proc.stdout + proc.stderr)
     if proc.returncode != 0:
