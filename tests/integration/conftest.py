@@ -215,6 +215,7 @@ def fleet(fresh_redis: Any, tmp_path: Path) -> Iterator[Fleet]:
     finally:
         for agent in group.agents:
             agent.stop()
+            print(f"--- {agent.host} log ---\n{agent.log()}")  # shown by pytest when the test failed
 
 
 def stage(root: Path, build: Path) -> str:
