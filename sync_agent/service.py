@@ -100,6 +100,8 @@ class Agent:
         self._labels: dict[str, str] = {}
         self._unstaged_logged: str | None = None
         self._status_lock = asyncio.Lock()
+        self._status_wanted = asyncio.Event()
+        self._status_writer_running = False
         self._probes = _Probes()
         self._probe_tokens = itertools.count(1)
         self._last_systemd_status = ""
@@ -220,7 +222,7 @@ class Agent:
         if batch.data or batch.release or batch.resynced:
             await self._flush(bus, batch)
         elif self.errors.get("message") != had_error:
-            await self.write_status(bus)  # a skipped message shows in the status at once
+            await self.ack(bus)  # a skipped message shows in the status at once
             self._tell_systemd()
 
     async def _resync(self, bus: Bus, batch: _Batch, why: str) -> None:
@@ -262,7 +264,7 @@ class Agent:
                 wrote = True
             except OSError as err:
                 log.error("cannot write %s: %s", self.shared.shared_dir / "data.json", err)
-        await self.write_status(bus)
+        await self.ack(bus, now=switched)
         if wrote or switched or (batch.resynced and not self.store_empty):
             await self._render(bus)
         self._tell_systemd()
@@ -282,7 +284,25 @@ class Agent:
         else:
             self.errors.pop("template", None)
         if self.errors.get("template") != had:
+            await self.ack(bus)
+
+    async def ack(self, bus: Bus, now: bool = False) -> None:
+        """Report the applied state. After a switch, right away (before the templates); after data, through
+        the status writer, so the next batch need not wait for the round trip and a burst costs a few HSETs."""
+        if now or not self._status_writer_running:
             await self.write_status(bus)
+        else:
+            self._status_wanted.set()
+
+    async def _status_writer(self, bus: Bus) -> None:
+        self._status_writer_running = True
+        try:
+            while True:
+                await self._status_wanted.wait()
+                self._status_wanted.clear()
+                await asyncio.wait_for(self.write_status(bus), self.config.command_timeout)
+        finally:
+            self._status_writer_running = False
 
     async def write_status(self, bus: Bus, clock: bool = False) -> None:
         """HSET the status hash; seen_at is Redis' clock (TIME on heartbeats, estimated from it in between)."""
@@ -306,7 +326,8 @@ class Agent:
         self._probes = _Probes()
         tasks = [asyncio.create_task(self._consume(bus), name="consume"),
                  asyncio.create_task(self._probe_loop(bus), name="probe"),
-                 asyncio.create_task(self._heartbeat_loop(bus), name="heartbeat")]
+                 asyncio.create_task(self._heartbeat_loop(bus), name="heartbeat"),
+                 asyncio.create_task(self._status_writer(bus), name="status")]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:

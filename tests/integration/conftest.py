@@ -213,9 +213,13 @@ def fleet(fresh_redis: Any, tmp_path: Path) -> Iterator[Fleet]:
     try:
         yield group
     finally:
+        refused = []
         for agent in group.agents:
             agent.stop()
-            print(f"--- {agent.host} log ---\n{agent.log()}")  # shown by pytest when the test failed
+            text = agent.log()
+            print(f"--- {agent.host} log ---\n{text}")  # shown by pytest when the test failed
+            refused += [line for line in text.splitlines() if "NOPERM" in line or "Traceback" in line]
+        assert not refused, f"an agent sent a command its ACL user may not run, or crashed: {refused[:3]}"
 
 
 def stage(root: Path, build: Path) -> str:
