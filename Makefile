@@ -34,7 +34,7 @@ test-fast: $(VENV)/.test-deps
 	$(BIN)/pytest -m "unit or integration" $(PYTEST_ARGS)
 
 lint: $(VENV)/.test-deps
-	$(BIN)/ruff check sync_agent tests
+	$(BIN)/ruff check sync_agent tests fleet fabfile.py
 	$(BIN)/mypy
 
 clean:

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
@@ -114,13 +114,10 @@ class Remote:
         with subprocess.Popen(self.argv(host, command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE) as proc:
             assert proc.stdin is not None
-            try:
+            with suppress(BrokenPipeError):  # the remote side gave up; its stderr says why
                 write(proc.stdin)
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # the remote side gave up; its stderr says why
             try:
-                stdout, stderr = proc.communicate(timeout=timeout)
+                stdout, stderr = proc.communicate(timeout=timeout)  # closes stdin: the end of the stream
             except subprocess.TimeoutExpired as err:
                 proc.kill()
                 raise HostUnreachable(host.name, f"no answer within {timeout:.0f}s") from err
@@ -136,8 +133,8 @@ class Remote:
             assert producer.stdin is not None and producer.stdout is not None
             producer.stdin.write(source_input)
             producer.stdin.close()
-            output = self.stream(target, target_command, lambda pipe: shutil.copyfileobj(producer.stdout, pipe),
-                                 timeout)
+            source_out = producer.stdout
+            output = self.stream(target, target_command, lambda pipe: shutil.copyfileobj(source_out, pipe), timeout)
             _, stderr = producer.communicate(timeout=timeout)
         if producer.returncode != 0:
             raise HostUnreachable(source.name, _why(producer.returncode, stderr.decode(errors="replace")))

@@ -214,7 +214,7 @@ class Store:
 
     def server_time(self) -> float:
         seconds, micros = self.call(self.client.time)
-        return float(seconds) + micros / 1e6
+        return float(seconds) + float(micros) / 1e6
 
     def call(self, fn: Any, *args: Any) -> Any:
         """Run one client call, turning redis-py errors into frontfleet errors."""

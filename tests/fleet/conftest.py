@@ -18,6 +18,7 @@ import pytest
 
 from fleet import Fleet
 from fleet.system import apt_command, missing_tools
+from tests.fleet.deployment import Deployment
 
 #: The first fleet test may build the base images (debootstrap + apt: about a minute, once per cache).
 FIRST_FLEET_TEST_TIMEOUT = 900
@@ -80,3 +81,17 @@ def bare_fleet(boot_fleet: BootFleet) -> Fleet:
     """web1 + redis1 on the bare base (only debootstrap's packages) on 127.0.2.x."""
     return boot_fleet("test-bare", subnet=os.environ.get("FRONTFLEET_TEST_BARE_SUBNET", "127.0.2"),
                       web=1, redis=1, base="bare")
+
+
+@pytest.fixture(scope="session")
+def deployed(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    """The session's fleet after `ansible-playbook deploy.yml` (Redis, agents, nginx; no release yet).
+
+    Tests that move the fleet's release leave it serving some release of theirs; a test that needs a
+    known release rolls one out first. Tests that stop an agent or power off a host bring it back in a
+    `finally`.
+    """
+    deployment = Deployment.create(fleet, tmp_path_factory.mktemp("inventory") / "fleettest")
+    result = deployment.playbook()
+    assert result.returncode == 0, "deploy.yml failed on the session's fleet; see the output above"
+    return deployment
