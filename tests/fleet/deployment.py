@@ -48,7 +48,8 @@ class Deployment:
         return {**os.environ, "ANSIBLE_INVENTORY": str(self.inventory), "PATH": f"{BIN}:{os.environ['PATH']}",
                 "ANSIBLE_FORCE_COLOR": "0", "PY_COLORS": "0", "NO_COLOR": "1"}
 
-    def playbook(self, *args: str, playbook: str = "deploy.yml", timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    def playbook(self, *args: str, playbook: str = "deploy.yml",
+                 timeout: float = 900) -> subprocess.CompletedProcess[str]:
         """`ansible-playbook <playbook> -i <inventory> ARGS` from the repo root; output printed for the log."""
         result = subprocess.run([str(BIN / "ansible-playbook"), playbook, "-i", str(self.inventory), *args],
                                 cwd=REPO, env=self.env(), capture_output=True, text=True, timeout=timeout)
