@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Debian packages the controller needs: Redis for the tests, OpenSSH, the fleet harness's tools.
 APT_PACKAGES := redis-server openssh-client debootstrap systemd-container python3-venv rsync
 
-.PHONY: venv test test-fast lint system-deps clean
+.PHONY: venv test test-fast lint system-deps clean demo demo-down
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -39,3 +39,24 @@ lint: $(VENV)/.test-deps
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The local demo fleet: 3 web hosts and a Redis host (systemd-nspawn on 127.0.1.x), provisioned and
+# serving examples/frontend. `make demo-down` removes it all.
+DEMO_INVENTORY := inventory/demo
+
+demo: system-deps $(BIN)/activate
+	$(BIN)/python -m fleet up --name demo --web 3 --redis 1 --inventory $(DEMO_INVENTORY)/hosts.yml
+	. $(BIN)/activate && ansible-playbook deploy.yml -i $(DEMO_INVENTORY) -e release_build=examples/frontend
+	@echo; echo "The demo fleet serves examples/frontend:"
+	@$(BIN)/python -m fleet urls --name demo
+	@echo; echo "Next, from this folder (. .venv/bin/activate first):"
+	@echo "  fab status                                        # the fleet: host, release, revision, state"
+	@echo "  fab data-set banner '{\"text\": \"Hello from Redis\"}'   # every host, within milliseconds"
+	@echo "  fab rollout --build examples/frontend --label demo  # stage + cut over (nothing to send: same build)"
+	@echo "  fab releases && fab rollback                      # history, and one step back"
+	@echo "  ssh -F /var/lib/frontfleet-fleet/demo/ssh_config web1 systemctl status sync-agent"
+	@echo "  make demo-down                                    # remove it all"
+
+demo-down:
+	$(BIN)/python -m fleet down --name demo
+	rm -rf $(DEMO_INVENTORY)/hosts.yml $(DEMO_INVENTORY)/credentials

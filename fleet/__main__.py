@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--inventory", type=Path, help="also write the Ansible inventory here")
     down = commands.add_parser("down", help="power a fleet off and remove its state")
     down.add_argument("--name", default="demo")
+    urls = commands.add_parser("urls", help="print the HTTP URL of each web host")
+    urls.add_argument("--name", default="demo")
     status = commands.add_parser("status", help="list fleets and their hosts")
     status.add_argument("--name", help="only this fleet")
     return parser
@@ -52,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"inventory written to {args.inventory}")
             print(f"up in {time.monotonic() - started:.1f} s")
             _print_fleet(fleet)
+        elif args.command == "urls":
+            fleet = Fleet(args.name)
+            if not fleet.hosts:
+                raise FleetError(f"no fleet named {args.name} is up; start it with `make demo`")
+            for host in fleet.hosts.values():
+                if host.role == "web":
+                    print(f"  {host.name}: http://{host.address}/")
         elif args.command == "down":
             Fleet(args.name).down()
             print(f"fleet {args.name} is down")
