@@ -34,6 +34,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             return
 
 
+def fleet_name(prefix: str, subnet: str) -> str:
+    """A fleet's name carries its subnet: two sessions on different subnets (two engineers, two CI jobs) must
+    not share a state directory, or the second `up` would tear down the first one's hosts."""
+    return f"{prefix}-{subnet.removeprefix('127.').replace('.', '-')}"
+
+
 def require_fleet_tools() -> None:
     """Fail (never skip) when the harness cannot run here, with the command that fixes it."""
     if os.geteuid() != 0:
@@ -68,7 +74,8 @@ def boot_fleet() -> Iterator[BootFleet]:
 def fleet() -> Iterator[Fleet]:
     """web1..web3 + redis1 on the provisioned base, booted once per session."""
     require_fleet_tools()
-    fleet = Fleet("test", subnet=os.environ.get("FRONTFLEET_TEST_SUBNET", "127.0.1"))
+    subnet = os.environ.get("FRONTFLEET_TEST_SUBNET", "127.0.1")
+    fleet = Fleet(fleet_name("test", subnet), subnet=subnet)
     try:
         fleet.up(web=3, redis=1, base="provisioned")
         yield fleet
@@ -79,8 +86,8 @@ def fleet() -> Iterator[Fleet]:
 @pytest.fixture(scope="session")
 def bare_fleet(boot_fleet: BootFleet) -> Fleet:
     """web1 + redis1 on the bare base (only debootstrap's packages) on 127.0.2.x."""
-    return boot_fleet("test-bare", subnet=os.environ.get("FRONTFLEET_TEST_BARE_SUBNET", "127.0.2"),
-                      web=1, redis=1, base="bare")
+    subnet = os.environ.get("FRONTFLEET_TEST_BARE_SUBNET", "127.0.2")
+    return boot_fleet(fleet_name("test-bare", subnet), subnet=subnet, web=1, redis=1, base="bare")
 
 
 @pytest.fixture(scope="session")
