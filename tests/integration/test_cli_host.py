@@ -1,0 +1,147 @@
+"""`sync-agent` host-side commands as the controller drives them over SSH: real processes, real files."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from sync_agent.errors import EXIT_FAILURE, EXIT_USAGE
+
+pytestmark = pytest.mark.integration
+
+SYNC_AGENT = str(Path(sys.executable).with_name("sync-agent"))
+
+
+def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([SYNC_AGENT, *args], input=stdin, capture_output=True, timeout=60)
+
+
+def make_build(path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    return path
+
+
+@pytest.fixture
+def builds(tmp_path: Path) -> tuple[Path, Path]:
+    first = {"index.html": "<h1>A</h1>", "assets/app-1.js": "console.log(1)", "assets/app.css": "body{}"}
+    second = {**first, "index.html": "<h1>B</h1>", "assets/app-2.js": "console.log(2)"}
+    return make_build(tmp_path / "a", first), make_build(tmp_path / "b", second)
+
+
+def stage(root: Path, build: Path) -> dict:
+    """manifest → have → export-format stream → stage, the way the controller does it."""
+    from sync_agent.manifest import Manifest, build_manifest
+    from sync_agent.staging import write_stream
+
+    manifest_json = run("manifest", str(build), "--compact").stdout
+    manifest = Manifest.from_json(manifest_json)
+    assert manifest == build_manifest(build)
+    have = json.loads(run("have", "--root", str(root), stdin=manifest_json).stdout)
+    stream = io.BytesIO()
+    write_stream(stream, manifest, build, [e["sha256"] for e in have["missing"]])
+    result = run("stage", "--root", str(root), "--id", manifest.release_id, "--json", stdin=stream.getvalue())
+    assert result.returncode == 0, result.stderr
+    return {"have": have, **json.loads(result.stdout)}
+
+
+def test_have_lists_only_content_the_host_lacks_and_stage_links_the_rest(tmp_path, builds):
+    root = tmp_path / "root"
+    root.mkdir()
+    first = stage(root, builds[0])
+    assert len(first["have"]["missing"]) == 3 and first["files_written"] == 3
+    second = stage(root, builds[1])
+    assert sorted(e["path"] for e in second["have"]["missing"]) == ["assets/app-2.js", "index.html"]
+    assert (second["files_written"], second["files_linked"]) == (2, 2)
+    again = stage(root, builds[1])
+    assert again["have"]["staged"] is True and again["already_staged"] is True
+    status = json.loads(run("status", "--root", str(root), "--json").stdout)
+    assert sorted(status["staged"]) == sorted([first["release"], second["release"]])
+
+
+def test_export_streams_a_staged_release_to_another_host(tmp_path, builds):
+    source, target = tmp_path / "source", tmp_path / "target"
+    source.mkdir()
+    target.mkdir()
+    staged = stage(source, builds[0])
+    record = (source / "releases" / f"{staged['release']}.manifest.json").read_bytes()
+    have = json.loads(run("have", "--root", str(target), stdin=record).stdout)
+    shas = json.dumps([e["sha256"] for e in have["missing"]]).encode()
+    stream = run("export", "--root", str(source), "--id", staged["release"], stdin=shas)
+    assert stream.returncode == 0, stream.stderr
+    result = run("stage", "--root", str(target), "--id", staged["release"], stdin=stream.stdout)
+    assert result.returncode == 0, result.stderr
+    assert (target / "releases" / staged["release"] / "index.html").read_text() == "<h1>A</h1>"
+
+
+def test_an_interrupted_stream_exits_2_and_leaves_no_release(tmp_path, builds):
+    from sync_agent.manifest import build_manifest
+    from sync_agent.staging import write_stream
+    root = tmp_path / "root"
+    root.mkdir()
+    manifest = build_manifest(builds[0])
+    stream = io.BytesIO()
+    write_stream(stream, manifest, builds[0], [e.sha256 for e in manifest.entries])
+    cut = stream.getvalue()[:-10]
+    result = run("stage", "--root", str(root), "--id", manifest.release_id, stdin=cut)
+    assert result.returncode == EXIT_USAGE and b"Traceback" not in result.stderr
+    assert list((root / "releases").iterdir()) == []
+
+
+def test_a_manifest_with_a_traversal_path_is_refused(tmp_path):
+    evil = json.dumps({"entries": [{"path": "../etc/passwd", "size": 1, "sha256": "0" * 64}]}).encode()
+    result = run("have", "--root", str(tmp_path), stdin=evil)
+    assert result.returncode == EXIT_USAGE and b"Traceback" not in result.stderr
+
+
+def test_verify_records_a_release_that_matches_and_names_the_first_mismatch(tmp_path, builds):
+    manifest_file = tmp_path / "manifest.json"
+    manifest_file.write_bytes(run("manifest", str(builds[0])).stdout)
+    ok = run("verify", str(builds[0]), str(manifest_file), "--root", str(tmp_path / "root"), "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["verified"] is True
+    (builds[0] / "index.html").write_text("tampered")
+    bad = run("verify", str(builds[0]), str(manifest_file))
+    assert bad.returncode == EXIT_USAGE and b"index.html" in bad.stderr
+
+
+def test_check_url_compares_the_served_body(tmp_path):
+    (tmp_path / "index.html").write_text("<h1>live</h1>")
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/index.html"
+        right = hashlib.sha256(b"<h1>live</h1>").hexdigest()
+        assert run("check-url", url, "--sha256", right).returncode == 0
+        wrong = run("check-url", url, "--sha256", "0" * 64)
+        assert wrong.returncode == EXIT_FAILURE and b"other content" in wrong.stderr
+        missing = run("check-url", url.replace("index.html", "nope.html"))
+        assert missing.returncode == EXIT_FAILURE and b"404" in missing.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_prune_keeps_current_and_protected_releases(tmp_path, builds):
+    root = tmp_path / "root"
+    root.mkdir()
+    first, second = stage(root, builds[0]), stage(root, builds[1])
+    from sync_agent.releases import switch
+
+    switch(root, second["release"])
+    result = run("prune", "--root", str(root), "--keep", "1", "--json")
+    assert json.loads(result.stdout)["removed"] == [first["release"]]
+    assert run("prune", "--root", str(root), "--keep", "0").returncode == EXIT_USAGE
