@@ -306,6 +306,17 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """The control plane's rollback on an inventory's fleet (what `fab rollback` and playbooks/rollback.yml run)."""
+    from .control import rollback, session
+
+    with session(args.inventory) as s:
+        release, revision = rollback(s, args.to, timeout=args.timeout)
+    _emit(args, {"changed": True, "release": release, "revision": revision},
+          f"every host is on {release} (revision {revision})")
+    return EXIT_OK
+
+
 # --- parser -----------------------------------------------------------------------------------------
 
 
@@ -434,6 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--canary", type=int, default=0, help="switch this many hosts first")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for acknowledgements")
     p.add_argument("--check", action="store_true", help="say what would happen; change nothing")
+    _json_option(p)
+
+    p = add("rollback", cmd_rollback, "roll an inventory's fleet one step back in the activation history, or --to "
+                                      "a staged release, and wait for every host (controller)")
+    p.add_argument("--inventory", "-i", help="Ansible inventory (default: $ANSIBLE_INVENTORY, else ansible.cfg's)")
+    p.add_argument("--to", help="a staged release to go to (default: one step back)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for acknowledgements")
     _json_option(p)
 
     p = add("fleet", cmd_fleet, "the status of every host; exit 5 while any is silent or lagging")
