@@ -171,6 +171,15 @@ class Fleet:
                 raise
         return host
 
+    def remove_host(self, name: str) -> None:
+        """Undo add_host: power the host off, delete its disk and drop it from ssh_config, the inventory and
+        fleet.json."""
+        if name not in self.hosts:
+            raise FleetError(f"{name} is not in fleet {self.name}")
+        with self._lock():
+            self._remove_host(name)
+            self._write_client_files()
+
     def down(self) -> None:
         """Power every host off, unmount the overlays and remove the fleet's state directory."""
         with self._lock():
