@@ -13,14 +13,7 @@ from typing import Any
 
 from . import __version__
 from .errors import EXIT_OK, EXIT_UNHEALTHY, EXIT_USAGE, FrontfleetError, UsageError
-from .protocol import (
-    PUBLISHER_USER,
-    Keys,
-    acl_setuser_line,
-    agent_acl_rules,
-    agent_user,
-    publisher_acl_rules,
-)
+from .protocol import Keys, acl_setuser_line, acl_user
 
 NAMESPACE_ENV = "FRONTFLEET_NAMESPACE"
 DEFAULT_NAMESPACE = "frontfleet"
@@ -153,11 +146,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_acl(args: argparse.Namespace) -> int:
-    keys = Keys(args.namespace)
-    if args.publisher:
-        user, rules = PUBLISHER_USER, publisher_acl_rules(keys)
-    else:
-        user, rules = agent_user(args.host), agent_acl_rules(keys, args.host)
+    user, rules = acl_user(Keys(args.namespace), None if args.publisher else args.host)
     password = Path(args.password_file).read_text().strip() if args.password_file else None
     _emit(args, {"user": user, "rules": rules}, acl_setuser_line(user, rules, password))
     return EXIT_OK

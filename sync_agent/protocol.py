@@ -282,11 +282,19 @@ def acl_setuser_line(user: str, rules: list[str], password: str | None = None,
     return " ".join(["user", user, "on", "resetpass", secret, *rules])
 
 
+PUBLISHER_USER = "publisher"
+
+
 def agent_user(host: str) -> str:
     return f"agent-{validate_host(host)}"
 
 
-PUBLISHER_USER = "publisher"
+def acl_user(keys: Keys, host: str | None) -> tuple[str, list[str]]:
+    """(user name, rules) of host's agent, or of the publisher when host is None."""
+    if host is None:
+        return PUBLISHER_USER, publisher_acl_rules(keys)
+    return agent_user(host), agent_acl_rules(keys, host)
+
 
 
 # --- the per-host status hash ---------------------------------------------------------------------

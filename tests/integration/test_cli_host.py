@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from sync_agent.errors import EXIT_FAILURE, EXIT_USAGE
+from tests.builds import make_build
 
 pytestmark = pytest.mark.integration
 
@@ -25,17 +26,10 @@ def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([SYNC_AGENT, *args], input=stdin, capture_output=True, timeout=60)
 
 
-def make_build(path: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
-        (path / name).parent.mkdir(parents=True, exist_ok=True)
-        (path / name).write_text(text)
-    return path
-
-
 @pytest.fixture
 def builds(tmp_path: Path) -> tuple[Path, Path]:
-    first = {"index.html": "<h1>A</h1>", "assets/app-1.js": "console.log(1)", "assets/app.css": "body{}"}
-    second = {**first, "index.html": "<h1>B</h1>", "assets/app-2.js": "console.log(2)"}
+    first = {"index.html": b"<h1>A</h1>", "assets/app-1.js": b"console.log(1)", "assets/app.css": b"body{}"}
+    second = {**first, "index.html": b"<h1>B</h1>", "assets/app-2.js": b"console.log(2)"}
     return make_build(tmp_path / "a", first), make_build(tmp_path / "b", second)
 
 

@@ -17,16 +17,9 @@ from sync_agent.errors import ManifestError
 from sync_agent.fsutil import atomic_write, replace_symlink, syncfs
 from sync_agent.manifest import CHUNK_SIZE, Entry, Manifest, build_manifest, content_digest
 from sync_agent.protocol import validate_release_id
+from tests.builds import make_build
 
 pytestmark = pytest.mark.unit
-
-
-def make_build(base: Path, files: dict[str, bytes]) -> Path:
-    for relative, content in files.items():
-        path = base / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-    return base
 
 
 SAMPLE = {

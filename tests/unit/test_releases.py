@@ -23,18 +23,11 @@ from sync_agent.releases import (
     verify,
 )
 from sync_agent.staging import lacking, receive_stream, write_stream
+from tests.builds import make_build
 
 pytestmark = pytest.mark.unit
 
 IMMUTABLE = ["assets/"]
-
-
-def make_build(base: Path, files: dict[str, bytes]) -> Path:
-    for relative, content in files.items():
-        path = base / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-    return base
 
 
 def stage_version(root: Path, tmp_path: Path, version: str, extra: dict[str, bytes] | None = None) -> str:

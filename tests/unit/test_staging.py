@@ -20,18 +20,11 @@ from sync_agent.staging import (
     receive_stream,
     write_stream,
 )
+from tests.builds import make_build
 
 pytestmark = pytest.mark.unit
 
 IMMUTABLE = ["assets/", "_next/static/", "static/"]
-
-
-def make_build(base: Path, files: dict[str, bytes]) -> Path:
-    for relative, content in files.items():
-        path = base / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-    return base
 
 
 def fifty_files(changed: int = 0) -> dict[str, bytes]:

@@ -5,26 +5,22 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from sync_agent.protocol import (
-    PUBLISHER_USER,
-    Keys,
-    acl_setuser_line,
-    agent_acl_rules,
-    agent_user,
-    publisher_acl_rules,
-)
+from sync_agent.protocol import Keys, acl_setuser_line, acl_user
+
+
+def _line(namespace: str, host: str | None, password: str) -> str:
+    user, rules = acl_user(Keys(namespace), host)
+    return acl_setuser_line(user, rules, password_sha256=hashlib.sha256(password.encode()).hexdigest())
 
 
 def frontfleet_agent_acl(host: str, namespace: str, password: str) -> str:
     """The users.acl line of host's agent, with the password stored as its SHA-256."""
-    digest = hashlib.sha256(password.encode()).hexdigest()
-    return acl_setuser_line(agent_user(host), agent_acl_rules(Keys(namespace), host), password_sha256=digest)
+    return _line(namespace, host, password)
 
 
 def frontfleet_publisher_acl(namespace: str, password: str) -> str:
     """The users.acl line of the publisher (fab, the release play)."""
-    digest = hashlib.sha256(password.encode()).hexdigest()
-    return acl_setuser_line(PUBLISHER_USER, publisher_acl_rules(Keys(namespace)), password_sha256=digest)
+    return _line(namespace, None, password)
 
 
 class FilterModule:
