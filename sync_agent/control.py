@@ -155,13 +155,12 @@ def _stage_command(host: Host, release: str) -> list[str]:
 class _CountingWriter:
     """Counts what goes into an SSH stream, for the bytes-sent figures."""
 
-    def __init__(self, pipe: IO[bytes], on_bytes: Callable[[int], None]) -> None:
-        self.pipe, self.on_bytes, self.count = pipe, on_bytes, 0
+    def __init__(self, pipe: IO[bytes]) -> None:
+        self.pipe, self.count = pipe, 0
 
     def write(self, data: bytes) -> int:
         self.pipe.write(data)
         self.count += len(data)
-        self.on_bytes(self.count)
         return len(data)
 
     def flush(self) -> None:
@@ -179,9 +178,11 @@ def stage_from_build(s: Session, host: Host, manifest: Manifest, build: Path, pr
     counter: list[_CountingWriter] = []
 
     def feed(pipe: IO[bytes]) -> None:
-        writer = _CountingWriter(pipe, lambda n: progress.stage_advanced(host.name, n))
+        writer = _CountingWriter(pipe)
         counter.append(writer)
-        write_stream(writer, manifest, build, [e.sha256 for e in missing])  # type: ignore[arg-type]
+        # the bar counts content bytes, as its total does; bytes_sent counts the whole stream
+        write_stream(writer, manifest, build, [e.sha256 for e in missing],  # type: ignore[arg-type]
+                     progress=lambda n: progress.stage_advanced(host.name, n))
 
     answer = json.loads(s.remote.stream(host, _stage_command(host, manifest.release_id), feed))
     result = HostStaging(host.name, bool(answer["already_staged"]), int(answer["files_written"]),
