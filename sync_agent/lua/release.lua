@@ -42,7 +42,7 @@ elseif op == 'rollback' then
   redis.call('HSET', desired, 'fleet', redis.call('LINDEX', history, pos - 1))
   clear_overrides()
 elseif op == 'goto' then
-  local found = redis.call('LPOS', history, id)
+  local found = redis.call('LPOS', history, id, 'RANK', -1)  -- its latest activation: a later rollback goes back from there
   if found then
     redis.call('SET', pos_key, found)
   else
