@@ -22,7 +22,7 @@ from typing import IO, Any
 import redis
 
 from .errors import FrontfleetError, UsageError
-from .hoststatus import HostView, fleet_view, wait_for_acks
+from .hoststatus import HostView, fleet_view, read_statuses, wait_for_acks
 from .inventory import Fleet, Host, load_fleet
 from .lock import DeployLock, default_holder
 from .manifest import Entry, Manifest, build_manifest
@@ -244,24 +244,32 @@ def _switch_and_confirm(s: Session, hosts: list[Host], release: str, manifest: M
 
 
 def _skew(s: Session, hosts: list[str]) -> int | None:
-    from .hoststatus import read_statuses
-
     statuses, _ = read_statuses(s.store, hosts)
     stamps = [st.switched_at_ns for st in statuses.values() if st is not None and st.switched_at_ns]
     return max(stamps) - min(stamps) if len(stamps) == len(hosts) and stamps else None
 
 
 def _undo(s: Session, saved: tuple[Any, History], hosts: list[str], timeout: float) -> str:
-    """Put the saved desired state back and wait for the hosts; say where the fleet is."""
+    """Put the saved desired state back and wait for the hosts that answer; say where the fleet is.
+
+    A silent host (agent stopped, host down) is not waited for: it cannot confirm, and it
+    resynchronises to the restored state from the snapshot when it comes back.
+    """
     desired, history = saved
     change = s.store.restore(desired, history)
     if desired.fleet is None:
         return "there was no earlier release to go back to"
-    laggards = wait_for_acks(s.store, hosts, change.epoch, change.revision, desired.fleet, timeout)
+    statuses, now = read_statuses(s.store, hosts)
+    silent = sorted(h for h, st in statuses.items() if st is None or st.silent(now))
+    answering = [h for h in hosts if h not in silent]
+    laggards = wait_for_acks(s.store, answering, change.epoch, change.revision, desired.fleet, timeout)
+    where = f"every host that answers is back on {desired.fleet}"
     if laggards:
         detail = "; ".join(f"{h}: {why}" for h, why in laggards.items())
-        return f"rolled back to {desired.fleet}, but not every host confirmed it: {detail}"
-    return f"every host is back on {desired.fleet}"
+        where = f"rolled back to {desired.fleet}, but not every host confirmed it: {detail}"
+    if silent:
+        where += f" ({', '.join(silent)} silent: it takes {desired.fleet} from the snapshot when its agent is back)"
+    return where
 
 
 def default_label(build: Path) -> str | None:
