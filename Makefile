@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Debian packages the controller needs: Redis for the tests, OpenSSH, the fleet harness's tools.
 APT_PACKAGES := redis-server openssh-client debootstrap systemd-container python3-venv rsync
 
-.PHONY: venv test test-fast lint system-deps clean demo demo-down
+.PHONY: venv test test-fast lint system-deps clean demo demo-down bench
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -60,3 +60,7 @@ demo: system-deps $(BIN)/activate
 demo-down:
 	$(BIN)/python -m fleet down --name demo
 	rm -rf $(DEMO_INVENTORY)/hosts.yml $(DEMO_INVENTORY)/credentials
+
+# Benchmarks (docs/performance.md): figures and ratios against same-run baselines, bench/results/*.json.
+bench: system-deps $(BIN)/activate
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
