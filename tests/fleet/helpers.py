@@ -30,7 +30,7 @@ def example_build_with(target: Path, changes: dict[str, str]) -> Path:
 def release_report(output: str) -> dict[str, Any]:
     """The `sync-agent rollout --json` result that the release play's debug task prints (YAML callback)."""
     start = output.index(RELEASE_REPORT_TASK)
-    section = output[start:].split("\n\n", 2)[1]  # "ok: [web1] => \n    msg:\n        ..."
+    section = output[start:].split("\n\n", 1)[0]  # the task line, then "ok: [web1] => \n    msg:\n        ..."
     _, _, body = section.partition("=>")
     loaded = yaml.safe_load(body)
     assert isinstance(loaded, dict) and "msg" in loaded, section

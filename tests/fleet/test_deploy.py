@@ -17,7 +17,7 @@ import pytest
 
 from fleet import Fleet
 from tests.fleet.deployment import Deployment, recap, wait_until
-from tests.fleet.helpers import EXAMPLE_BUILD, agent_pid, control, handler_hosts
+from tests.fleet.helpers import EXAMPLE_BUILD, agent_pid, control, handler_hosts, rollout
 
 pytestmark = pytest.mark.fleet
 
@@ -181,8 +181,7 @@ def test_web_host_added_to_inventory_gets_agent_nginx_and_current_release(deploy
     count on web1-3 + redis1 (fab status tables, rollout reports), and a host that exists for one test only
     would make their outcomes depend on test order.
     """
-    start = deployed.playbook("-e", "release_build=examples/frontend")  # a known current release
-    assert start.returncode == 0
+    rollout(deployed, EXAMPLE_BUILD)  # a known current release
     release = deployed.env_js("web1")["release"]
     fleet, hosts_file = deployed.fleet, deployed.inventory / "hosts.yml"
     fleet.add_host("web4")
