@@ -135,7 +135,10 @@ class Remote:
             producer.stdin.close()
             source_out = producer.stdout
             output = self.stream(target, target_command, lambda pipe: shutil.copyfileobj(source_out, pipe), timeout)
-            _, stderr = producer.communicate(timeout=timeout)
+            # Not communicate(): it flushes the stdin closed above (ValueError). stdout is drained: it is exiting.
+            assert producer.stderr is not None
+            stderr = producer.stderr.read()
+            producer.wait(timeout=timeout)
         if producer.returncode != 0:
             raise HostUnreachable(source.name, _why(producer.returncode, stderr.decode(errors="replace")))
         return output
