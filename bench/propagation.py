@@ -44,6 +44,7 @@ class Publisher:
         current = self.client.hget(KEYS.data, "bench")
         self.seq = int(json.loads(current)["seq"]) if current else 0
         self.sent: dict[int, int] = {}
+        self.last_seconds = 0.0  # how long the last run() took: a starved publisher falls behind its rate
 
     def run(self, count: int, rate: float | None) -> tuple[int, int]:
         """Publish count changes at rate per second (None: as fast as it can); returns (first, last) seq."""
@@ -58,6 +59,7 @@ class Publisher:
             body = json.dumps({"seq": self.seq, "end": i == count - 1})
             self.sent[self.seq] = now_ns()
             self.store.data_set("bench", body)
+        self.last_seconds = time.monotonic() - start
         return first, self.seq
 
 
@@ -113,6 +115,16 @@ def _latencies_from_observations(observations: dict[str, list[list[int]]], sent:
     return latencies, all_final / 1e6, missing
 
 
+def _final_latency_ms(observations: dict[str, list[list[int]]], sent: dict[int, int], last: int) -> float:
+    """ms from the last publish call until every process held it (a slow publisher does not count)."""
+    worst = 0
+    for rows in observations.values():
+        final = next((t for t, s in rows if s >= last), None)
+        if final is not None:
+            worst = max(worst, final - sent[last])
+    return worst / 1e6
+
+
 def _floor_processes(mode: str, redis: LocalRedis, n: int, workdir: Path) -> tuple[list[subprocess.Popen[bytes]],
                                                                                    list[Path]]:
     procs, targets = [], []
@@ -146,7 +158,9 @@ def _run_load(system: str, publisher: Publisher, dirs: list[Path], procs: list[s
     finally:
         stop_all([w for w, _ in watchers])
     latencies, all_final, missing = _latencies_from_observations(observations, publisher.sent, first, last)
-    return {"first": first, "last": last, "latencies": latencies, "all_final_ms": all_final, "missing": missing}
+    return {"first": first, "last": last, "latencies": latencies, "all_final_ms": all_final, "missing": missing,
+            "publish_s": publisher.last_seconds,
+            "final_after_last_publish_ms": _final_latency_ms(observations, publisher.sent, last)}
 
 
 def _summarise(latencies: list[float]) -> dict[str, float]:
@@ -220,13 +234,18 @@ def _measure(system: str, size: int, redis: LocalRedis, workdir: Path, steady_co
         if not runs:
             continue
         per_run = [_summarise(r["latencies"]) | {"all_final_ms": round(r["all_final_ms"], 3),
-                                                  "missing": r["missing"]} for r in runs]
+                                                  "missing": r["missing"], "publish_s": round(r["publish_s"], 2),
+                                                  "final_after_last_publish_ms":
+                                                      round(r["final_after_last_publish_ms"], 3)}
+                   for r in runs]
         row = {"size": size, "system": system, "load": load, "runs": per_run,
                "median_ms": median(r["median_ms"] for r in per_run),
                "p99_ms": median(r["p99_ms"] for r in per_run),
-               "all_final_ms": median(r["all_final_ms"] for r in per_run)}
+               "all_final_ms": median(r["all_final_ms"] for r in per_run),
+               "publish_s": median(r["publish_s"] for r in per_run),
+               "final_after_last_publish_ms": median(r["final_after_last_publish_ms"] for r in per_run)}
         log(f"    {load:6} {system:8} n={size:<4} median {row['median_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  "
-            f"all final {row['all_final_ms']:.1f} ms")
+            f"all final {row['all_final_ms']:.1f} ms; published in {row['publish_s']:.1f}s")
         out.append(row)
     return out
 
@@ -246,6 +265,7 @@ def _floor_a_load(publisher: Publisher, procs: list[subprocess.Popen[Any]], dirs
     latencies: list[float] = []
     all_final = 0
     missing = 0
+    last_latency = 0
     for d in dirs:
         try:
             rows = json.loads((d / "rows.json").read_text())
@@ -257,7 +277,9 @@ def _floor_a_load(publisher: Publisher, procs: list[subprocess.Popen[Any]], dirs
         latencies += [(t - publisher.sent[seq]) / 1e6 for seq, t in got.items()]
         if last in got:
             all_final = max(all_final, got[last] - publisher.sent[first])
-    return {"latencies": latencies, "all_final_ms": all_final / 1e6, "missing": missing}
+            last_latency = max(last_latency, got[last] - publisher.sent[last])
+    return {"latencies": latencies, "all_final_ms": all_final / 1e6, "missing": missing,
+            "publish_s": publisher.last_seconds, "final_after_last_publish_ms": last_latency / 1e6}
 
 
 __all__ = ["run"]
