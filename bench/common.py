@@ -183,7 +183,7 @@ class LocalRedis:
         self.process = None
 
     def __enter__(self) -> LocalRedis:
-        return self.start()
+        return self if self.process is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
