@@ -40,25 +40,28 @@ lint: $(VENV)/.test-deps
 clean:
 	rm -rf $(VENV) build *.egg-info
 
-# The local demo fleet: 3 web hosts and a Redis host (systemd-nspawn on 127.0.1.x), provisioned and
+# The local demo fleet: 3 web hosts and a Redis host (systemd-nspawn on $(DEMO_SUBNET).x), provisioned and
 # serving examples/frontend. `make demo-down` removes it all.
+DEMO_NAME ?= demo
+DEMO_SUBNET ?= 127.0.1
 DEMO_INVENTORY := inventory/demo
 
 demo: system-deps $(BIN)/activate
-	$(BIN)/python -m fleet up --name demo --web 3 --redis 1 --inventory $(DEMO_INVENTORY)/hosts.yml
+	$(BIN)/python -m fleet up --name $(DEMO_NAME) --subnet $(DEMO_SUBNET) --web 3 --redis 1 \
+		--inventory $(DEMO_INVENTORY)/hosts.yml
 	. $(BIN)/activate && ansible-playbook deploy.yml -i $(DEMO_INVENTORY) -e release_build=examples/frontend
 	@echo; echo "The demo fleet serves examples/frontend:"
-	@$(BIN)/python -m fleet urls --name demo
+	@$(BIN)/python -m fleet urls --name $(DEMO_NAME)
 	@echo; echo "Next, from this folder (. .venv/bin/activate first):"
 	@echo "  fab status                                        # the fleet: host, release, revision, state"
 	@echo "  fab data-set banner '{\"text\": \"Hello from Redis\"}'   # every host, within milliseconds"
 	@echo "  fab rollout --build examples/frontend --label demo  # stage + cut over (nothing to send: same build)"
 	@echo "  fab releases && fab rollback                      # history, and one step back"
-	@echo "  ssh -F /var/lib/frontfleet-fleet/demo/ssh_config web1 systemctl status sync-agent"
+	@echo "  ssh -F /var/lib/frontfleet-fleet/$(DEMO_NAME)/ssh_config web1 systemctl status sync-agent"
 	@echo "  make demo-down                                    # remove it all"
 
 demo-down:
-	$(BIN)/python -m fleet down --name demo
+	$(BIN)/python -m fleet down --name $(DEMO_NAME)
 	rm -rf $(DEMO_INVENTORY)/hosts.yml $(DEMO_INVENTORY)/credentials
 
 # Benchmarks (docs/performance.md): figures and ratios against same-run baselines, bench/results/*.json.
