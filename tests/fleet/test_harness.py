@@ -50,20 +50,24 @@ def test_hosts_bind_sshd_to_their_own_loopback_address_only(fleet: Fleet) -> Non
     assert port_free(f"{fleet.subnet}.250", fleet.port)  # nothing listens on 0.0.0.0
 
 
-def test_provisioned_hosts_carry_the_packages_but_do_not_start_them(fleet: Fleet) -> None:
-    result = fleet.ssh("web1", "dpkg-query -W -f='${Status}\\n' nginx redis-server python3-venv rsync;"
+def test_provisioned_hosts_carry_the_packages_but_do_not_start_them(boot_fleet: BootFleet) -> None:
+    # A fleet of its own: the session's fleet may already be deployed to by the time this runs.
+    fresh = boot_fleet("test-fresh", subnet="127.0.8", web=1, redis=0, base="provisioned")
+    result = fresh.ssh("web1", "dpkg-query -W -f='${Status}\\n' nginx redis-server python3-venv rsync;"
                                " systemctl is-enabled nginx redis-server; ls /etc/nginx/sites-enabled")
     lines = result.stdout.split("\n")
     assert lines[:4] == ["install ok installed"] * 4, result.stdout
     assert lines[4:6] == ["disabled", "disabled"], result.stdout
 
 
-def test_bare_hosts_have_only_debootstraps_packages_and_reach_the_mirror(bare_fleet: Fleet) -> None:
-    result = bare_fleet.ssh("web1", "dpkg-query -W nginx redis-server sudo 2>&1; id deploy 2>&1;"
+def test_bare_hosts_have_only_debootstraps_packages_and_reach_the_mirror(boot_fleet: BootFleet) -> None:
+    # A fleet of its own: the session's bare fleet is where deploy.yml proves the install path.
+    bare = boot_fleet("test-fresh-bare", subnet="127.0.9", web=1, redis=1, base="bare")
+    result = bare.ssh("web1", "dpkg-query -W nginx redis-server sudo 2>&1; id deploy 2>&1;"
                                     " apt-get update -q >/dev/null && echo mirror-ok", timeout=120)
     assert "no packages found matching nginx" in result.stdout and "no such user" in result.stdout, result.stdout
     assert result.stdout.strip().endswith("mirror-ok"), result.stdout + result.stderr
-    assert bare_fleet.ssh("redis1", "hostname").stdout.strip() == "redis1"
+    assert bare.ssh("redis1", "hostname").stdout.strip() == "redis1"
 
 
 def test_testinfra_reaches_a_host_through_the_generated_ssh_config(fleet: Fleet) -> None:
