@@ -26,15 +26,25 @@ def _temp_name(target: Path) -> Path:
     return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
-def atomic_write(path: StrPath, data: bytes, mode: int = 0o644) -> None:
-    """Replace path's content with data in one rename, so readers never see a partial file."""
-    target = Path(path)
+def write_temp(target: Path, data: bytes, mode: int = 0o644) -> Path:
+    """Write data to a new hidden sibling of target (no fsync: Redis is the durable copy); return its path."""
     temp = _temp_name(target)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), mode)  # the umask must not hide the file from nginx
             handle.write(data)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return temp
+
+
+def atomic_write(path: StrPath, data: bytes, mode: int = 0o644) -> None:
+    """Replace path's content with data in one rename, so readers never see a partial file."""
+    target = Path(path)
+    temp = write_temp(target, data, mode)
+    try:
         os.replace(temp, target)
     except BaseException:
         temp.unlink(missing_ok=True)

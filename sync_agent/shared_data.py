@@ -22,7 +22,7 @@ from typing import Any
 from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
-from .fsutil import _temp_name, atomic_write
+from .fsutil import atomic_write, write_temp
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,8 @@ def replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
     if _RENAMEAT2 is None or not path.exists():
         atomic_write(path, data, mode)
         return
-    temp = _temp_name(path)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    temp = write_temp(path, data, mode)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)  # the umask must not hide the file from nginx
-            handle.write(data)
         if _RENAMEAT2(_AT_FDCWD, os.fsencode(temp), _AT_FDCWD, os.fsencode(path), _RENAME_EXCHANGE) != 0:
             code = ctypes.get_errno()
             if code not in (errno.EINVAL, errno.ENOSYS, errno.ENOENT, errno.EOPNOTSUPP):
