@@ -260,8 +260,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
     lock = DeployLock(_store(args).client, args.namespace)
     if args.force:
-        token, previous = lock.force(default_holder("lock --force"))
-        lock.release(token)
+        previous = lock.break_lock(default_holder("lock --force"))
         text = f"broke the deploy lock held by {previous}" if previous else "the deploy lock was free"
         print(f"warning: {text}" if previous else text, file=sys.stderr if previous else sys.stdout)
         _emit(args, {"broken": previous}, "")

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import redis
 
@@ -34,6 +34,7 @@ from .store import History, Store, read_password, release_metadata
 log = logging.getLogger(__name__)
 
 DEFAULT_ACK_TIMEOUT = 30.0
+T = TypeVar("T")
 
 
 class RolloutFailed(FrontfleetError):
@@ -191,6 +192,17 @@ def stage_from_build(s: Session, host: Host, manifest: Manifest, build: Path, pr
     return result
 
 
+def _on_each(hosts: list[Host], work: Callable[[Host], T]) -> dict[str, T]:
+    """Run work on every host in parallel (one thread per host, at most 16); host name → result."""
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(hosts)))) as pool:
+        return dict(zip([h.name for h in hosts], pool.map(work, hosts), strict=True))
+
+
+def staged_on(s: Session, host: Host) -> list[str]:
+    """The releases staged and verified on a host, from its own `sync-agent status`."""
+    return list(json.loads(s.remote.run(host, [_agent(host), "status", "--root", _root(host), "--json"]))["staged"])
+
+
 def stage_everywhere(s: Session, hosts: list[Host], stage_one: Callable[[Host], HostStaging]) -> dict[str, HostStaging]:
     """Stage on every host in parallel; the first failure names its host, after all have finished."""
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(hosts)))) as pool:
@@ -227,9 +239,7 @@ def http_check(s: Session, hosts: list[Host], manifest: Manifest) -> dict[str, s
             return f"HTTP check failed: {err.why}"
         return ""
 
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(hosts)))) as pool:
-        outcomes = dict(zip([h.name for h in hosts], pool.map(check, hosts), strict=True))
-    return {host: why for host, why in outcomes.items() if why}
+    return {host: why for host, why in _on_each(hosts, check).items() if why}
 
 
 def _switch_and_confirm(s: Session, hosts: list[Host], release: str, manifest: Manifest | None, timeout: float,
@@ -357,12 +367,8 @@ def _require_staged_everywhere(s: Session, release: str) -> None:
 
     validate_release_id(release)
 
-    def staged(host: Host) -> bool:
-        out = s.remote.run(host, [_agent(host), "status", "--root", _root(host), "--json"])
-        return release in json.loads(out)["staged"]
-
-    with ThreadPoolExecutor(max_workers=max(1, len(s.fleet.web))) as pool:
-        missing = [h.name for h, ok in zip(s.fleet.web, pool.map(staged, s.fleet.web), strict=True) if not ok]
+    staged = _on_each(list(s.fleet.web), lambda host: staged_on(s, host))
+    missing = [host for host, releases in staged.items() if release not in releases]
     if missing:
         raise UsageError(f"{release} is not staged on {', '.join(missing)}; `fab releases` lists what can be "
                          "rolled back to")
@@ -380,9 +386,7 @@ def prune(s: Session, keep: int | None = None, token: str | None = None) -> dict
                 command += ["--protect", release]
             return list(json.loads(s.remote.run(host, command))["removed"])
 
-        with ThreadPoolExecutor(max_workers=max(1, len(s.fleet.web))) as pool:
-            removed = dict(zip(s.web_names, pool.map(prune_one, s.fleet.web), strict=True))
-    return removed
+        return _on_each(list(s.fleet.web), prune_one)
 
 
 def sync_new_hosts(s: Session, timeout: float = DEFAULT_ACK_TIMEOUT, check: bool = False,
@@ -393,10 +397,9 @@ def sync_new_hosts(s: Session, timeout: float = DEFAULT_ACK_TIMEOUT, check: bool
     if release is None:
         return []
     with s.lock.held(default_holder(f"staging {release} on new hosts")):
-        have = {h.name: json.loads(s.remote.run(h, [_agent(h), "status", "--root", _root(h), "--json"]))
-                for h in s.fleet.web}
-        sources = [h for h in s.fleet.web if release in have[h.name]["staged"]]
-        lacking = [h for h in s.fleet.web if release not in have[h.name]["staged"]]
+        staged = _on_each(list(s.fleet.web), lambda host: staged_on(s, host))
+        sources = [h for h in s.fleet.web if release in staged[h.name]]
+        lacking = [h for h in s.fleet.web if release not in staged[h.name]]
         if not lacking or check:
             return [h.name for h in lacking]
         if not sources:
@@ -449,6 +452,4 @@ def release_list(s: Session) -> list[dict[str, Any]]:
 
 def break_lock(s: Session) -> str:
     """Break the deploy lock (a dead holder's); returns who held it, "" when it was free."""
-    token, previous = s.lock.force(default_holder("lock --force"))
-    s.lock.release(token)
-    return previous
+    return s.lock.break_lock(default_holder("lock --force"))

@@ -85,6 +85,12 @@ class DeployLock:
             log.warning("broke the deploy lock held by %s", previous)
         return token, previous
 
+    def break_lock(self, holder: str) -> str:
+        """Break a (dead holder's) lock and leave it free; returns who held it, "" when it was free."""
+        token, previous = self.force(holder)
+        self.release(token)
+        return previous
+
     def info(self) -> LockInfo:
         try:
             pipe = self.client.pipeline(transaction=True)
