@@ -30,7 +30,7 @@ from bench.common import REPO, median, percentile, ratio
 from fleet import Fleet
 
 BIN = Path(sys.executable).parent
-SUBNET = "127.0.21"
+SUBNET = os.environ.get("FRONTFLEET_BENCH_SUBNET", "127.0.21")  # another /24 in 127/8 runs beside it
 APP = "bench"
 ROOT = f"/srv/{APP}"
 RSYNC_DIR = "/srv/bench-rsync"
