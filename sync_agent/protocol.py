@@ -181,6 +181,7 @@ class Message:
     revision: int
     data: DataChange | None = None
     desired: Desired | None = None
+    switch_at: int | None = None  # release events: when to rename current, µs since the epoch on Redis' clock
 
 
 def parse_message(raw: bytes | str) -> Message:
@@ -220,12 +221,16 @@ def parse_message(raw: bytes | str) -> Message:
     overrides = desired.get("overrides", {})
     if not isinstance(overrides, dict):
         raise ProtocolError("release message overrides must be an object")
+    switch_at = body.get("switch_at")
+    if switch_at is not None and (not isinstance(switch_at, int) or isinstance(switch_at, bool) or switch_at < 1):
+        raise ProtocolError(f"release message switch_at must be a positive integer (µs), got {switch_at!r}")
     return Message(
         kind, epoch, revision,
         desired=Desired(
             fleet=validate_release_id(fleet) if fleet is not None else None,
             overrides={validate_host(h): validate_release_id(r) for h, r in overrides.items()},
         ),
+        switch_at=switch_at,
     )
 
 

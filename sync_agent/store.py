@@ -37,6 +37,7 @@ from .snapshot import Snapshot, parse_snapshot, queue_snapshot
 log = logging.getLogger(__name__)
 
 URL_ENV = "FRONTFLEET_REDIS_URL"
+SWITCH_MARGIN_MS = 50  # release events' switch_at = Redis TIME + this: above the p99 delivery to every agent
 PASSWORD_FILE_ENV = "FRONTFLEET_REDIS_PASSWORD_FILE"
 
 
@@ -102,9 +103,10 @@ class History:
 class Store:
     """Publisher operations on one namespace. Every method is one round trip or one script."""
 
-    def __init__(self, client: redis.Redis, namespace: str) -> None:
+    def __init__(self, client: redis.Redis, namespace: str, switch_margin_ms: int = SWITCH_MARGIN_MS) -> None:
         self.client = client
         self.keys = Keys(namespace)
+        self.switch_margin_ms = switch_margin_ms
         self._data_script = client.register_script(_script("data"))
         self._release_script = client.register_script(_script("release"))
 
@@ -156,7 +158,7 @@ class Store:
     def _release(self, op: str, release: str, meta: dict[str, Any] | None = None,
                  hosts: Iterable[str] = ()) -> Change:
         keys = [*self._head(), self.keys.desired, self.keys.history, self.keys.history_position, self.keys.releases]
-        args = [*self._args(), op, release, json.dumps(meta) if meta else "", *hosts]
+        args = [*self._args(), op, release, json.dumps(meta) if meta else "", str(self.switch_margin_ms), *hosts]
         result = self._run(self._release_script, keys, args)
         return Change(result[0], int(result[1]))
 

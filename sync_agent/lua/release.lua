@@ -1,6 +1,9 @@
 -- Change the desired release and the activation history in one step, bump the revision, publish.
 -- KEYS[3] desired hash, KEYS[4] history list, KEYS[5] history position, KEYS[6] release metadata hash.
--- ARGV[3] op, ARGV[4] release id (or JSON for "restore"), ARGV[5] metadata JSON (or ""), ARGV[6..] host names.
+-- ARGV[3] op, ARGV[4] release id (or JSON for "restore"), ARGV[5] metadata JSON (or ""),
+-- ARGV[6] switch margin in ms, ARGV[7..] host names.
+-- The event carries switch_at = Redis TIME + the margin, in microseconds: the moment every agent renames current
+-- (docs/protocol.md), so hosts switch together however late each one wakes up.
 -- Ops: activate (fleet-wide, appends to history and drops anything ahead of the position),
 -- override (per-host, history untouched), clear (drop overrides of the hosts), rollback (one step back),
 -- goto (to a release in history, else like activate), restore (put back a saved desired state + history).
@@ -30,9 +33,9 @@ if op == 'activate' then
   redis.call('HSET', desired, 'fleet', id)
   clear_overrides()
 elseif op == 'override' then
-  for i = 6, #ARGV do redis.call('HSET', desired, 'host:' .. ARGV[i], id) end
+  for i = 7, #ARGV do redis.call('HSET', desired, 'host:' .. ARGV[i], id) end
 elseif op == 'clear' then
-  for i = 6, #ARGV do redis.call('HDEL', desired, 'host:' .. ARGV[i]) end
+  for i = 7, #ARGV do redis.call('HDEL', desired, 'host:' .. ARGV[i]) end
 elseif op == 'rollback' then
   local pos = tonumber(redis.call('GET', pos_key) or '-1')
   if pos < 1 then
@@ -73,6 +76,8 @@ for i = 1, #raw, 2 do
 end
 local overrides_json = has_override and cjson.encode(state.overrides) or '{}'
 local fleet_json = state.fleet and cjson.encode(state.fleet) or 'null'
+local now = redis.call('TIME')
+local switch_at = string.format('%d', tonumber(now[1]) * 1000000 + tonumber(now[2]) + tonumber(ARGV[6]) * 1000)
 redis.call('PUBLISH', ARGV[2], header('release', epoch, rev) ..
-  ',"desired":{"fleet":' .. fleet_json .. ',"overrides":' .. overrides_json .. '}}')
+  ',"desired":{"fleet":' .. fleet_json .. ',"overrides":' .. overrides_json .. '},"switch_at":' .. switch_at .. '}')
 return {epoch, rev, state.fleet or ''}

@@ -135,6 +135,22 @@ def test_per_host_overrides_move_only_those_hosts_until_a_fleet_rollout(store, f
     assert store.desired() == Desired(fleet="B")
 
 
+def test_release_events_carry_a_switch_at_deadline_of_redis_time_plus_the_margin(fresh_redis):
+    client = fresh_redis.client()
+    pubsub = subscribe(fresh_redis)
+    seconds, micros = client.time()
+    before_us = seconds * 1_000_000 + micros
+    Store(client, NS, switch_margin_ms=200).activate("A")
+    Store(client, NS).rollback(to="A")
+    Store(client, NS).data_set("k", "1")
+    seconds, micros = client.time()
+    after_us = seconds * 1_000_000 + micros
+    activate, goto, data = drain(pubsub, 3)
+    assert before_us + 200_000 <= activate.switch_at <= after_us + 200_000
+    assert before_us + 50_000 <= goto.switch_at <= after_us + 50_000  # the default margin
+    assert data.switch_at is None
+
+
 def test_restore_puts_back_a_saved_state(store):
     store.activate("A")
     saved = (store.desired(), store.history())
