@@ -30,6 +30,8 @@ from .snapshot import Snapshot, parse_snapshot, queue_snapshot
 
 log = logging.getLogger(__name__)
 
+CLOCK_SAMPLES = 3  # TIME round trips per clock sync (at connect and every heartbeat); the shortest one counts
+
 
 class ConnectionLost(StoreUnavailable):
     """The session is dead: a probe did not come back, or the subscription went away."""
@@ -158,12 +160,19 @@ class Bus:
         label = meta.get("label") if isinstance(meta, dict) else None
         return label if isinstance(label, str) and label else release_id
 
-    async def sync_clock(self) -> float:
-        """Redis' clock (TIME); also remembers the offset to ours for acknowledgements between heartbeats."""
-        seconds, micros = await self.client.time()
-        now = float(seconds) + int(micros) / 1e6
-        self._clock_offset = now - time.time()
-        return now
+    async def sync_clock(self, samples: int = CLOCK_SAMPLES) -> float:
+        """Redis' clock (TIME); also remembers the offset to ours, for acknowledgements between heartbeats and
+        for switch_at deadlines. The offset is taken at the midpoint of the shortest of a few round trips: a
+        slow reply (a busy core) would otherwise put this host's deadline late by up to its whole round trip."""
+        best = (float("inf"), 0.0)
+        for _ in range(samples):
+            sent = time.time()
+            seconds, micros = await self.client.time()
+            received = time.time()
+            offset = float(seconds) + int(micros) / 1e6 - (sent + received) / 2
+            best = min(best, (received - sent, offset))
+        self._clock_offset = best[1]
+        return self.server_now()
 
     def server_now(self) -> float:
         """Redis' clock as estimated from the last TIME, without a round trip."""

@@ -51,13 +51,18 @@ def atomic_write(path: StrPath, data: bytes, mode: int = 0o644) -> None:
         raise
 
 
+def temp_symlink(link: StrPath, target: StrPath) -> Path:
+    """A new hidden sibling of link pointing at target, ready to be renamed over link; returns its path."""
+    temp = _temp_name(Path(link))
+    os.symlink(os.fspath(target), temp)
+    return temp
+
+
 def replace_symlink(link: StrPath, target: StrPath) -> None:
     """Point link at target atomically: a temp symlink beside it, then rename(2) over it."""
-    link_path = Path(link)
-    temp = _temp_name(link_path)
-    os.symlink(os.fspath(target), temp)
+    temp = temp_symlink(link, target)
     try:
-        os.replace(temp, link_path)
+        os.replace(temp, link)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .errors import FrontfleetError, ManifestError, ProtocolError, ReleaseNotStaged, UsageError
-from .fsutil import StrPath, replace_symlink
+from .fsutil import StrPath, temp_symlink
 from .manifest import Manifest, hash_file, scan_build
 from .protocol import validate_release_id
 from .staging import (
@@ -147,22 +147,52 @@ def record_verified(root: StrPath, manifest: Manifest) -> Path:
 # --- switch -------------------------------------------------------------------------------------
 
 
+class PreparedSwitch:
+    """A switch with all its work done but the renames: the release is checked staged and both new links exist
+    under temp names. commit() is then two rename(2) calls, so it can wait for a fleet-wide deadline and still
+    land on it (docs/protocol.md, switch_at). abort() drops the temp links of a switch that did not happen."""
+
+    def __init__(self, root: StrPath, release_id: str) -> None:
+        if not is_staged(root, release_id):
+            raise ReleaseNotStaged(
+                f"release {release_id!r} is not staged and verified under {root}; stage it first (fab rollout)"
+            )
+        self.base = Path(root)
+        self.release_id = release_id
+        self.before = current_release(self.base)
+        self._links: list[tuple[Path, Path]] = []  # (temp, link), current first
+        if self.before != release_id:
+            self._links.append((temp_symlink(self.base / CURRENT, f"releases/{release_id}"), self.base / CURRENT))
+            if self.before is not None:
+                self._links.append((temp_symlink(self.base / PREVIOUS, f"releases/{self.before}"),
+                                    self.base / PREVIOUS))
+
+    def commit(self) -> SwitchResult:
+        """Rename the new `current` into place, note the time, then `previous` (it follows, off the clock)."""
+        if not self._links:
+            return SwitchResult(self.release_id, previous_release(self.base), switched=False, switched_at_ns=None)
+        switched_at_ns = 0
+        for temp, link in self._links:
+            os.replace(temp, link)
+            switched_at_ns = switched_at_ns or time.time_ns()
+        self._links = []
+        log.info("switched current from %s to %s", self.before, self.release_id)
+        return SwitchResult(self.release_id, previous_release(self.base), switched=True,
+                            switched_at_ns=switched_at_ns)
+
+    def abort(self) -> None:
+        for temp, _ in self._links:
+            temp.unlink(missing_ok=True)
+        self._links = []
+
+
 def switch(root: StrPath, release_id: str) -> SwitchResult:
-    """Serve release_id: `previous` takes what `current` was, then `current` moves, each by one rename(2)."""
-    if not is_staged(root, release_id):
-        raise ReleaseNotStaged(
-            f"release {release_id!r} is not staged and verified under {root}; stage it first (fab rollout)"
-        )
-    base = Path(root)
-    before = current_release(base)
-    if before == release_id:
-        return SwitchResult(release_id, previous_release(base), switched=False, switched_at_ns=None)
-    if before is not None:
-        replace_symlink(base / PREVIOUS, f"releases/{before}")
-    replace_symlink(base / CURRENT, f"releases/{release_id}")
-    switched_at_ns = time.time_ns()
-    log.info("switched current from %s to %s", before, release_id)
-    return SwitchResult(release_id, previous_release(base), switched=True, switched_at_ns=switched_at_ns)
+    """Serve release_id now: `current` moves by one rename(2), then `previous` takes what `current` was."""
+    prepared = PreparedSwitch(root, release_id)
+    try:
+        return prepared.commit()
+    finally:
+        prepared.abort()
 
 
 # --- prune --------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,12 +32,14 @@ from .config import AgentConfig, load_config
 from .errors import EXIT_FAILURE, EXIT_OK, ConfigError, FrontfleetError, ProtocolError
 from .notify import Notifier, watchdog_interval
 from .protocol import Desired, HostStatus, Message, parse_message
-from .releases import current_release, previous_release, switch
+from .releases import PreparedSwitch, current_release, previous_release
 from .shared_data import ReleaseInfo, SharedFiles
 from .snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
+MAX_SWITCH_WAIT = 5.0  # a switch_at further ahead than this is a clock gone wrong: wait this long at most
+SWITCH_TAIL = 0.003  # the last part of a wait sleeps in the kernel (time.sleep), not in epoll's 1 ms ticks
 DRAIN_SECONDS = 0.5  # how long a stop waits for the batch being applied before it cancels
 CLOSE_SECONDS = 0.3  # closing a dead connection must not hold up a reconnect or a stop
 EMPTY_STORE_ERROR = ("the store is empty (Redis lost its data, or nothing was published yet): serving what is on "
@@ -55,11 +58,14 @@ class _Batch:
     applied: int = 0
     first: int = 0
     resynced: bool = False
+    switch_at: int | None = None  # the last release event's deadline (µs, Redis' clock); None: switch at once
 
 
 @dataclass
 class _Probes:
-    sent: dict[bytes, float] = field(default_factory=dict)
+    """Probes still out: token → (loop time sent, the agent's busy seconds by then)."""
+
+    sent: dict[bytes, tuple[float, float]] = field(default_factory=dict)
 
     def returned(self, token: bytes) -> None:
         """Probes come back in order: this one and every earlier one are home."""
@@ -70,12 +76,36 @@ class _Probes:
             if key == token:
                 break
 
-    def overdue(self, now: float, timeout: float) -> float:
-        """Age of the oldest probe still out, if it is older than timeout; else 0."""
+    def overdue(self, now: float, busy: float, timeout: float) -> float:
+        """Age of the oldest probe still out, if it is older than timeout; else 0. The age leaves out the time
+        the agent was busy applying batches (or waiting for a switch_at): no message is read meanwhile, so a
+        probe cannot come back, and a burst on busy cores must not pass for a dead connection."""
         if not self.sent:
             return 0.0
-        age = now - next(iter(self.sent.values()))
+        sent_at, busy_at = next(iter(self.sent.values()))
+        age = now - sent_at - (busy - busy_at)
         return age if age > timeout else 0.0
+
+
+async def _wait_for_deadline(bus: Bus, switch_at: int, release: str) -> None:
+    """Sleep until switch_at (µs, Redis' clock) on this host's clock corrected by its offset to Redis.
+
+    A deadline already passed returns at once; one absurdly far ahead is capped. The last few ms block in
+    time.sleep: the event loop wakes up to a millisecond late, which alone would spread the fleet's switches."""
+    remaining = switch_at / 1e6 - bus.server_now()
+    if remaining <= 0:
+        log.info("switch to %s is %.1f ms past its switch_at: switching now", release, -remaining * 1e3)
+        return
+    if remaining > MAX_SWITCH_WAIT:
+        log.warning("switch_at of release %s is %.1fs ahead (clock skew?); switching in %gs instead", release,
+                    remaining, MAX_SWITCH_WAIT)
+        remaining = MAX_SWITCH_WAIT
+    deadline = time.monotonic() + remaining
+    if remaining > SWITCH_TAIL:
+        await asyncio.sleep(remaining - SWITCH_TAIL)
+    rest = deadline - time.monotonic()
+    if rest > 0:
+        time.sleep(rest)
 
 
 class Agent:
@@ -106,6 +136,8 @@ class Agent:
         self._probe_tokens = itertools.count(1)
         self._last_systemd_status = ""
         self._busy = False
+        self._busy_seconds = 0.0  # loop time spent applying batches, while no message is read
+        self._busy_since = 0.0
         self.should_exit = asyncio.Event()
         self.force_exit = False
         self._main_task: asyncio.Task[None] | None = None
@@ -174,6 +206,7 @@ class Agent:
         self.desired = snapshot.desired
         self.synced = True
         batch.data = batch.release = True
+        batch.switch_at = None  # a snapshot's release is due already
 
     def _apply_message(self, message: Message, batch: _Batch) -> None:
         if message.data is not None:
@@ -186,6 +219,7 @@ class Agent:
         elif message.desired is not None:
             self.desired = message.desired
             batch.release = True
+            batch.switch_at = message.switch_at
         self.revision = message.revision
         batch.applied += 1
         batch.first = batch.first or message.revision
@@ -232,21 +266,29 @@ class Agent:
             return
         self._apply_snapshot(snapshot, batch, why)
 
-    def _ensure_release(self) -> bool:
-        """Switch `current` to this host's target if it differs. Returns True when it switched."""
+    async def _ensure_release(self, bus: Bus, switch_at: int | None) -> bool:
+        """Switch `current` to this host's target if it differs, at switch_at when given (prepared first, so the
+        wait ends in a rename and nothing else). Returns True when it switched."""
         target = self.desired.target_for(self.config.host)
         if target is None or target == self.current:
             self.errors.pop("release", None)
             self._unstaged_logged = None
             return False
+        prepared: PreparedSwitch | None = None
         try:
-            result = switch(self.root, target)
+            prepared = PreparedSwitch(self.root, target)
+            if switch_at is not None:
+                await _wait_for_deadline(bus, switch_at, target)
+            result = prepared.commit()
         except (FrontfleetError, OSError) as err:
             self.errors["release"] = f"cannot switch to {target}: {err}"
             if self._unstaged_logged != target:
                 log.error("cannot switch to release %s, staying on %s: %s", target, self.current or "-", err)
                 self._unstaged_logged = target
             return False
+        finally:
+            if prepared is not None:
+                prepared.abort()
         self.errors.pop("release", None)
         self._unstaged_logged = None
         self.current, self.previous = target, result.previous
@@ -256,7 +298,7 @@ class Agent:
 
     async def _flush(self, bus: Bus, batch: _Batch) -> None:
         """Write what the batch changed: switch, data.json, the status (the ack), then the templates."""
-        switched = self._ensure_release() if batch.release else False
+        switched = await self._ensure_release(bus, batch.switch_at) if batch.release else False
         wrote = False
         if batch.data and not self.store_empty:
             try:
@@ -344,7 +386,7 @@ class Agent:
         next_reconcile = loop.time() + self.config.reconcile
         while not self.should_exit.is_set():
             items = await bus.messages(timeout=max(0.0, next_reconcile - loop.time()))
-            self._busy = True
+            self._busy, self._busy_since = True, loop.time()
             try:
                 if items:
                     await self._process(bus, items)
@@ -353,6 +395,7 @@ class Agent:
                     next_reconcile = loop.time() + self.config.reconcile
             finally:
                 self._busy = False
+                self._busy_seconds += loop.time() - self._busy_since
 
     async def _reconcile(self, bus: Bus) -> None:
         """Compare with the snapshot on a timer: catches anything missed, retries a switch that failed."""
@@ -372,19 +415,24 @@ class Agent:
         if batch.release or batch.resynced:
             await self._flush(bus, batch)
 
+    def _busy_time(self, now: float) -> float:
+        """Seconds spent applying batches since the start, the batch under way included."""
+        return self._busy_seconds + (now - self._busy_since if self._busy else 0.0)
+
     async def _probe_loop(self, bus: Bus) -> None:
         """Publish a probe to our own channel every interval; one that does not come back ends the session."""
         loop = asyncio.get_running_loop()
         timeout = self.config.probe_timeout
         while True:
             token = str(next(self._probe_tokens)).encode()
-            self._probes.sent[token] = loop.time()
+            self._probes.sent[token] = (loop.time(), self._busy_time(loop.time()))
             try:
                 await asyncio.wait_for(bus.publish_probe(token), timeout)
             except TimeoutError as err:
                 raise ConnectionLost(f"the probe could not be published within {timeout:g}s") from err
             await asyncio.sleep(self.config.probe)
-            overdue = self._probes.overdue(loop.time(), timeout)
+            now = loop.time()
+            overdue = self._probes.overdue(now, self._busy_time(now), timeout)
             if overdue:
                 raise ConnectionLost(f"a probe did not come back within {timeout:g}s (out for {overdue:.1f}s): "
                                      "the subscription is dead")

@@ -13,6 +13,7 @@ import pytest
 from sync_agent.errors import ManifestError, ReleaseNotStaged
 from sync_agent.manifest import Manifest, build_manifest
 from sync_agent.releases import (
+    PreparedSwitch,
     current_release,
     is_staged,
     previous_release,
@@ -115,6 +116,25 @@ def test_switching_to_the_current_release_is_a_no_op(tmp_path: Path) -> None:
     again = switch(root, second)
     assert (again.switched, again.previous, again.switched_at_ns) == (False, first, None)
     assert previous_release(root) == first
+
+
+def test_a_prepared_switch_changes_nothing_served_until_commit_and_abort_leaves_no_trace(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    first = stage_version(root, tmp_path, "v1")
+    second = stage_version(root, tmp_path, "v2")
+    switch(root, first)
+    before = sorted(os.listdir(root))
+    abandoned = PreparedSwitch(root, second)
+    assert (current_release(root), previous_release(root)) == (first, None)
+    abandoned.abort()
+    assert sorted(os.listdir(root)) == before
+    prepared = PreparedSwitch(root, second)
+    assert current_release(root) == first
+    result = prepared.commit()
+    prepared.abort()  # after a commit: nothing left to drop, nothing undone
+    assert (result.switched, result.previous) == (True, first)
+    assert (current_release(root), previous_release(root)) == (second, first)
+    assert sorted(os.listdir(root)) == sorted([*before, "previous"])
 
 
 def test_switching_to_an_unstaged_release_is_refused(tmp_path: Path) -> None:
