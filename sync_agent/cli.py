@@ -113,7 +113,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     from .staging import receive_stream
 
     immutable = [p for p in args.immutable.split(",") if p]
-    result = receive_stream(Path(args.root), args.id, sys.stdin.buffer, immutable)
+    result = receive_stream(Path(args.root), args.id, sys.stdin.buffer, immutable, answers=sys.stdout.buffer)
     text = (f"release {result.release_id} already staged" if result.already_staged else
             f"staged {result.release_id}: {result.files_written} written, {result.files_linked} linked, "
             f"{result.bytes_received} bytes received")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ from .lock import DeployLock, default_holder
 from .manifest import Entry, Manifest, build_manifest
 from .protocol import PUBLISHER_USER
 from .remote import HostUnreachable, Remote
-from .staging import write_stream
+from .staging import offer, open_offer, read_answer, write_blobs
 from .store import History, Store, read_password, release_metadata
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class HostStaging:
     host: str
     already_staged: bool = False
     files_sent: int = 0
-    bytes_sent: int = 0  # the whole stream: manifest, headers and contents
+    bytes_sent: int = 0  # the whole stream: compressed manifest, headers and contents
     files_linked: int = 0
 
 
@@ -72,6 +73,8 @@ class RolloutResult:
     skew_ns: int | None = None  # latest minus earliest switched_at_ns across hosts
     pruned: dict[str, list[str]] = field(default_factory=dict)
     checked: bool = False  # with --check: what would happen, nothing done
+    # seconds from the call's start to the end of each phase: staged, acknowledged, checked, pruned
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -80,7 +83,7 @@ class RolloutResult:
     def to_json(self) -> dict[str, Any]:
         return {"release": self.release, "previous": self.previous, "changed": self.changed,
                 "switched": self.switched, "revision": self.revision, "skew_ns": self.skew_ns,
-                "check_mode": self.checked, "pruned": self.pruned,
+                "check_mode": self.checked, "pruned": self.pruned, "timings": self.timings,
                 "staged": {h: vars(s) for h, s in sorted(self.staged.items())}}
 
 
@@ -168,26 +171,32 @@ class _CountingWriter:
         self.pipe.flush()
 
 
-def stage_from_build(s: Session, host: Host, manifest: Manifest, build: Path, progress: Progress) -> HostStaging:
-    """Stage a release on one host from the controller's build, sending only what it lacks."""
-    staged, missing = ask_have(s, host, manifest)
-    if staged:
-        result = HostStaging(host.name, already_staged=True)
-        progress.stage_finished(host.name, result)
-        return result
-    progress.stage_started(host.name, sum(e.size for e in missing))
-    counter: list[_CountingWriter] = []
+def stage_from_build(s: Session, host: Host, manifest: Manifest, offered: bytes, build: Path,
+                     progress: Progress) -> HostStaging:
+    """Stage a release on one host from the controller's build, in one SSH session: ask whether it
+    has the release, offer the manifest (`staging.offer`), send exactly the contents it lacks."""
+    writers: list[_CountingWriter] = []
 
-    def feed(pipe: IO[bytes]) -> None:
-        writer = _CountingWriter(pipe)
-        counter.append(writer)
+    def talk(stdin: IO[bytes], stdout: IO[bytes]) -> None:
+        writer = _CountingWriter(stdin)
+        writers.append(writer)
+        open_offer(writer)  # type: ignore[arg-type]
+        if read_answer(stdout, "staged") is not False:
+            return  # staged already, or it failed (its exit status and stderr say why)
+        writer.write(offered)
+        writer.flush()
+        missing = read_answer(stdout, "missing")
+        if missing is None:
+            return
+        sizes = {e.sha256: e.size for e in manifest.entries}
+        progress.stage_started(host.name, sum(sizes.get(sha, 0) for sha in missing))
         # the bar counts content bytes, as its total does; bytes_sent counts the whole stream
-        write_stream(writer, manifest, build, [e.sha256 for e in missing],  # type: ignore[arg-type]
-                     progress=lambda n: progress.stage_advanced(host.name, n))
+        write_blobs(writer, manifest, build, missing,  # type: ignore[arg-type]
+                    progress=lambda n: progress.stage_advanced(host.name, n))
 
-    answer = json.loads(s.remote.stream(host, _stage_command(host, manifest.release_id), feed))
+    answer = json.loads(s.remote.stream(host, _stage_command(host, manifest.release_id), talk))
     result = HostStaging(host.name, bool(answer["already_staged"]), int(answer["files_written"]),
-                         counter[0].count, int(answer["files_linked"]))
+                         writers[0].count, int(answer["files_linked"]))
     progress.stage_finished(host.name, result)
     return result
 
@@ -242,14 +251,12 @@ def http_check(s: Session, hosts: list[Host], manifest: Manifest) -> dict[str, s
     return {host: why for host, why in _on_each(hosts, check).items() if why}
 
 
-def _switch_and_confirm(s: Session, hosts: list[Host], release: str, manifest: Manifest | None, timeout: float,
-                        publish: Callable[[], Any], progress: Progress) -> tuple[int, dict[str, str]]:
-    """Publish, wait for every host's acknowledgement, check HTTP; (revision, failures)."""
+def _switch_and_confirm(s: Session, hosts: list[Host], release: str, timeout: float, publish: Callable[[], Any],
+                        progress: Progress) -> tuple[int, dict[str, str]]:
+    """Publish and wait for every host's acknowledgement; (revision, failures)."""
     change = publish()
     progress.waiting([h.name for h in hosts])
     failures = wait_for_acks(s.store, [h.name for h in hosts], change.epoch, change.revision, release, timeout)
-    if not failures and manifest is not None:
-        failures = http_check(s, hosts, manifest)
     return int(change.revision), failures
 
 
@@ -297,6 +304,11 @@ def rollout(s: Session, build: Path, label: str | None = None, canary: int = 0,
             token: str | None = None) -> RolloutResult:
     """Stage a build everywhere, then cut the whole fleet over at once; roll back on any failure."""
     progress = progress or Progress()
+    started = time.monotonic()
+
+    def elapsed() -> float:
+        return round(time.monotonic() - started, 3)
+
     if not build.is_dir():
         raise UsageError(f"the build {build} is not a directory; build your frontend first (e.g. `npm run build`)")
     manifest = build_manifest(build)
@@ -314,7 +326,10 @@ def rollout(s: Session, build: Path, label: str | None = None, canary: int = 0,
             result.switched, result.checked = desired.fleet != release or bool(desired.overrides), True
             return result
         progress.phase(f"staging {release} ({len(manifest.entries)} files, {manifest.total_bytes} bytes)")
-        result.staged = stage_everywhere(s, hosts, lambda h: stage_from_build(s, h, manifest, build, progress))
+        offered = offer(manifest)
+        result.staged = stage_everywhere(s, hosts,
+                                         lambda h: stage_from_build(s, h, manifest, offered, build, progress))
+        result.timings["staged"] = elapsed()
         views = {v.host: v for v in fleet_view(s.store, [h.name for h in hosts])}
         if desired.fleet == release and not desired.overrides and all(
                 v.status is not None and v.status.release == release for v in views.values()):
@@ -329,7 +344,11 @@ def rollout(s: Session, build: Path, label: str | None = None, canary: int = 0,
         steps.append((hosts, lambda: s.store.activate(release, meta)))
         for targets, publish in steps:
             progress.phase(f"switching {len(targets)} host(s) to {release}")
-            revision, failures = _switch_and_confirm(s, targets, release, manifest, timeout, publish, progress)
+            revision, failures = _switch_and_confirm(s, targets, release, timeout, publish, progress)
+            result.timings["acknowledged"] = elapsed()
+            if not failures:
+                failures = http_check(s, targets, manifest)
+                result.timings["checked"] = elapsed()
             if failures:
                 where = _undo(s, saved, [h.name for h in hosts], timeout)
                 detail = "; ".join(f"{h}: {why}" for h, why in sorted(failures.items()))
@@ -338,6 +357,7 @@ def rollout(s: Session, build: Path, label: str | None = None, canary: int = 0,
         result.switched = True
         result.skew_ns = _skew(s, [h.name for h in hosts])
         result.pruned = prune(s, token=held)
+        result.timings["pruned"] = elapsed()
     return result
 
 

@@ -268,11 +268,10 @@ def _prune_pool(root: StrPath, kept: list[str]) -> int:
 
 def _pool_references(root: StrPath, kept: list[str]) -> dict[str, list[tuple[str, int, Path]]]:
     """path → [(sha256, size, the kept release's own file)] for every file of every kept release."""
-    manifests = recorded_releases(root)
+    recorded = recorded_releases(root)
     wanted: dict[str, list[tuple[str, int, Path]]] = {}
     for release_id in kept:
-        manifest = manifests.get(release_id)
-        for entry in manifest.entries if manifest else ():
+        for entry in recorded.get(release_id, ()):
             wanted.setdefault(entry.path, []).append(
                 (entry.sha256, entry.size, release_dir(root, release_id) / entry.path)
             )

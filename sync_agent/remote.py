@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -108,22 +109,40 @@ class Remote:
             raise HostUnreachable(host.name, _why(result.returncode, result.stderr.decode(errors="replace")))
         return result.stdout.decode()
 
-    def stream(self, host: Host, command: list[str], write: Callable[[IO[bytes]], object],
+    def stream(self, host: Host, command: list[str], talk: Callable[[IO[bytes], IO[bytes]], object],
                timeout: float = 600) -> str:
-        """Run a command, let write() feed its stdin, return its stdout; HostUnreachable if it fails."""
-        with subprocess.Popen(self.argv(host, command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE) as proc:
-            assert proc.stdin is not None
-            with suppress(BrokenPipeError):  # the remote side gave up; its stderr says why
-                write(proc.stdin)
-            try:
-                stdout, stderr = proc.communicate(timeout=timeout)  # closes stdin: the end of the stream
-            except subprocess.TimeoutExpired as err:
+        """Run a command, let talk(stdin, stdout) converse with it, return the rest of its stdout.
+
+        Closing stdin after talk() ends the stream. A command still running after timeout is
+        killed; HostUnreachable names the host and the cause.
+        """
+        with tempfile.TemporaryFile() as errors, subprocess.Popen(
+                self.argv(host, command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors) as proc:
+            assert proc.stdin is not None and proc.stdout is not None
+            expired = threading.Event()
+
+            def expire() -> None:
+                expired.set()
                 proc.kill()
-                raise HostUnreachable(host.name, f"no answer within {timeout:.0f}s") from err
+
+            timer = threading.Timer(timeout, expire)
+            timer.start()
+            try:
+                with suppress(BrokenPipeError):  # the remote side gave up; its stderr says why
+                    talk(proc.stdin, proc.stdout)
+                with suppress(BrokenPipeError):
+                    proc.stdin.close()
+                rest = proc.stdout.read()
+                proc.wait()
+            finally:
+                timer.cancel()
+            if expired.is_set():
+                raise HostUnreachable(host.name, f"no answer within {timeout:.0f}s")
+            errors.seek(0)
+            stderr = errors.read().decode(errors="replace")
         if proc.returncode != 0:
-            raise HostUnreachable(host.name, _why(proc.returncode, stderr.decode(errors="replace")))
-        return stdout.decode()
+            raise HostUnreachable(host.name, _why(proc.returncode, stderr))
+        return rest.decode()
 
     def relay(self, source: Host, source_command: list[str], source_input: bytes, target: Host,
               target_command: list[str], timeout: float = 600) -> str:
@@ -134,7 +153,7 @@ class Remote:
             producer.stdin.write(source_input)
             producer.stdin.close()
             source_out = producer.stdout
-            output = self.stream(target, target_command, lambda pipe: shutil.copyfileobj(source_out, pipe), timeout)
+            output = self.stream(target, target_command, lambda pipe, _: shutil.copyfileobj(source_out, pipe), timeout)
             # Not communicate(): it flushes the stdin closed above (ValueError). stdout is drained: it is exiting.
             assert producer.stderr is not None
             stderr = producer.stderr.read()

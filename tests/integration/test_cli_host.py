@@ -34,33 +34,53 @@ def builds(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def stage(root: Path, build: Path) -> dict:
-    """manifest → have → export-format stream → stage, the way the controller does it."""
+    """One `sync-agent stage` session, the way the controller holds it over SSH: offer the manifest,
+    read the host's answer, send exactly what it lacks, read the result."""
     from sync_agent.manifest import Manifest, build_manifest
-    from sync_agent.staging import write_stream
+    from sync_agent.staging import offer, open_offer, read_answer, write_blobs
 
-    manifest_json = run("manifest", str(build), "--compact").stdout
-    manifest = Manifest.from_json(manifest_json)
+    manifest = Manifest.from_json(run("manifest", str(build), "--compact").stdout)
     assert manifest == build_manifest(build)
-    have = json.loads(run("have", "--root", str(root), stdin=manifest_json).stdout)
-    stream = io.BytesIO()
-    write_stream(stream, manifest, build, [e["sha256"] for e in have["missing"]])
-    result = run("stage", "--root", str(root), "--id", manifest.release_id, "--json", stdin=stream.getvalue())
-    assert result.returncode == 0, result.stderr
-    return {"have": have, **json.loads(result.stdout)}
+    command = [SYNC_AGENT, "stage", "--root", str(root), "--id", manifest.release_id, "--json"]
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        open_offer(proc.stdin)
+        staged, missing = read_answer(proc.stdout, "staged"), []
+        if staged is False:
+            proc.stdin.write(offer(manifest))
+            proc.stdin.flush()
+            missing = read_answer(proc.stdout, "missing")
+            write_blobs(proc.stdin, manifest, build, missing)
+        assert staged is not None and missing is not None, proc.stderr.read()
+        proc.stdin.close()
+        result, errors = proc.stdout.read(), proc.stderr.read()
+    assert proc.returncode == 0, errors
+    paths = {e.sha256: e.path for e in manifest.entries}
+    return {"answer": {"staged": staged, "missing": sorted(paths[sha] for sha in missing)}, **json.loads(result)}
 
 
-def test_have_lists_only_content_the_host_lacks_and_stage_links_the_rest(tmp_path, builds):
+def test_stage_answers_only_what_the_host_lacks_and_links_the_rest(tmp_path, builds):
     root = tmp_path / "root"
     root.mkdir()
     first = stage(root, builds[0])
-    assert len(first["have"]["missing"]) == 3 and first["files_written"] == 3
+    assert len(first["answer"]["missing"]) == 3 and first["files_written"] == 3
     second = stage(root, builds[1])
-    assert sorted(e["path"] for e in second["have"]["missing"]) == ["assets/app-2.js", "index.html"]
+    assert second["answer"]["missing"] == ["assets/app-2.js", "index.html"]
     assert (second["files_written"], second["files_linked"]) == (2, 2)
     again = stage(root, builds[1])
-    assert again["have"]["staged"] is True and again["already_staged"] is True
+    assert again["answer"]["staged"] is True and again["already_staged"] is True
     status = json.loads(run("status", "--root", str(root), "--json").stdout)
     assert sorted(status["staged"]) == sorted([first["release"], second["release"]])
+
+
+def test_have_tells_a_dry_run_what_stage_would_answer(tmp_path, builds):
+    root = tmp_path / "root"
+    root.mkdir()
+    stage(root, builds[0])
+    manifest = run("manifest", str(builds[1]), "--compact").stdout
+    have = json.loads(run("have", "--root", str(root), stdin=manifest).stdout)
+    assert not have["staged"] and sorted(e["path"] for e in have["missing"]) == ["assets/app-2.js", "index.html"]
+    assert stage(root, builds[1])["answer"]["missing"] == sorted(e["path"] for e in have["missing"])
 
 
 def test_export_streams_a_staged_release_to_another_host(tmp_path, builds):

@@ -5,19 +5,25 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import lzma
 import stat
 from pathlib import Path
 
 import pytest
 
+from sync_agent import staging
 from sync_agent.errors import ManifestError
 from sync_agent.manifest import Entry, Manifest, build_manifest, content_digest
 from sync_agent.staging import (
+    OFFER_MAGIC,
     STREAM_END,
     STREAM_MAGIC,
     content_index,
     lacking,
+    offer,
+    open_offer,
     receive_stream,
+    write_blobs,
     write_stream,
 )
 from tests.builds import make_build
@@ -88,7 +94,7 @@ def test_content_index_maps_each_content_to_a_file_holding_it(tmp_path: Path) ->
     index = content_index(root)
     assert len(index) == 50
     for entry in manifest.entries:
-        assert hashlib.sha256(index[entry.sha256].read_bytes()).hexdigest() == entry.sha256
+        assert hashlib.sha256(Path(index[entry.sha256]).read_bytes()).hexdigest() == entry.sha256
 
 
 def test_staging_a_delta_writes_three_files_and_hard_links_the_rest(tmp_path: Path) -> None:
@@ -234,6 +240,74 @@ def test_content_neither_sent_nor_on_the_host_is_refused(tmp_path: Path) -> None
     assert_nothing_staged(root, manifest.release_id)
 
 
+def offer_session(root: Path, build: Path) -> tuple[Manifest, list[dict[str, object]], int]:
+    """Both sides of a negotiated stream in one process. The controller's part is written up front
+    as it would go out after the host's answers (the host is known to lack what `lacking` says);
+    (manifest, the host's answers in order, files linked)."""
+    manifest = build_manifest(build)
+    stream = io.BytesIO()
+    open_offer(stream)
+    if not (root / "releases" / manifest.release_id).is_dir():
+        stream.write(offer(manifest))
+        write_blobs(stream, manifest, build, [e.sha256 for e in lacking(root, manifest)])
+    stream.seek(0)
+    answers = io.BytesIO()
+    result = receive_stream(root, manifest.release_id, stream, IMMUTABLE, answers=answers)
+    assert stream.read() == b"", "the host read the whole stream"
+    return manifest, [json.loads(line) for line in answers.getvalue().splitlines()], result.files_linked
+
+
+def test_an_offer_is_answered_with_exactly_the_contents_the_host_lacks(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    _, answers, _ = offer_session(root, make_build(tmp_path / "v1", fifty_files()))
+    assert answers[0] == {"staged": False} and len(answers[1]["missing"]) == 50  # type: ignore[arg-type]
+    second, answers, linked = offer_session(root, make_build(tmp_path / "v2", fifty_files(changed=3)))
+    by_sha = {e.sha256: e.path for e in second.entries}
+    assert answers[0] == {"staged": False} and len(answers) == 2
+    missing = sorted(by_sha[sha] for sha in answers[1]["missing"])  # type: ignore[attr-defined]
+    assert missing == [f"assets/chunk-{n:02d}.js" for n in range(3)] and linked == 47
+    assert (root / "releases" / second.release_id / "assets" / "chunk-00.js").read_bytes() == b"changed chunk 0"
+
+
+def test_a_staged_release_is_answered_at_once_and_nothing_more_is_read(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    build = make_build(tmp_path / "v1", fifty_files())
+    offer_session(root, build)
+    _, answers, _ = offer_session(root, build)
+    assert answers == [{"staged": True}]
+
+
+def test_the_offer_is_the_manifest_compressed(tmp_path: Path) -> None:
+    manifest = build_manifest(make_build(tmp_path / "v1", fifty_files()))
+    length, _, payload = offer(manifest).partition(b"\n")
+    assert int(length) == len(payload) and lzma.decompress(payload) == manifest.dumps().encode()
+    assert len(payload) < len(manifest.dumps().encode()) * 0.7
+
+
+def test_a_negotiated_stream_without_an_answer_channel_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="needs a channel for the answers"):
+        receive_stream(tmp_path / "root", "0123456789abcdef", io.BytesIO(OFFER_MAGIC), IMMUTABLE)
+
+
+def test_an_offer_that_is_not_xz_is_refused(tmp_path: Path) -> None:
+    garbage = b"PK\x03\x04 a zip, not xz data"
+    stream = io.BytesIO(OFFER_MAGIC + f"{len(garbage)}\n".encode() + garbage)
+    with pytest.raises(ManifestError, match="not xz data"):
+        receive_stream(tmp_path, "0123456789abcdef", stream, IMMUTABLE, answers=io.BytesIO())
+
+
+def test_an_offer_inflating_beyond_the_manifest_limit_is_refused(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(staging, "MAX_MANIFEST_BYTES", 1000)
+    bomb = lzma.compress(b" " * 100_000)
+    answers = io.BytesIO()
+    with pytest.raises(ManifestError, match="inflates beyond 1000 bytes"):
+        receive_stream(tmp_path, "0123456789abcdef", io.BytesIO(OFFER_MAGIC + f"{len(bomb)}\n".encode() + bomb),
+                       IMMUTABLE, answers=answers)
+    assert answers.getvalue() == b'{"staged": false}\n', "no list of missing contents for a refused offer"
+    assert not (tmp_path / "releases" / "0123456789abcdef").exists()
+
+
 def test_stream_with_wrong_magic_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="FRONTFLEET-STREAM"):
         receive_stream(tmp_path, "0123456789abcdef", io.BytesIO(b"PK\x03\x04 a zip file"), IMMUTABLE)
@@ -265,7 +339,7 @@ def test_progress_reports_content_bytes_sent_so_far(tmp_path: Path) -> None:
     build = make_build(tmp_path / "dist", {"a": b"x" * 10, "b": b"y" * 5})
     manifest = build_manifest(build)
     seen: list[int] = []
-    total = write_stream(io.BytesIO(), manifest, build, [e.sha256 for e in manifest.entries], progress=seen.append)
+    total = write_blobs(io.BytesIO(), manifest, build, [e.sha256 for e in manifest.entries], progress=seen.append)
     assert total == 15
     assert seen == sorted(seen) and seen[-1] == 15
 
