@@ -14,7 +14,7 @@ import logging
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,7 +171,7 @@ class _CountingWriter:
         self.pipe.flush()
 
 
-def stage_from_build(s: Session, host: Host, manifest: Manifest, offered: bytes, build: Path,
+def stage_from_build(s: Session, host: Host, manifest: Manifest, offered: Future[bytes], build: Path,
                      progress: Progress) -> HostStaging:
     """Stage a release on one host from the controller's build, in one SSH session: ask whether it
     has the release, offer the manifest (`staging.offer`), send exactly the contents it lacks."""
@@ -183,7 +183,7 @@ def stage_from_build(s: Session, host: Host, manifest: Manifest, offered: bytes,
         open_offer(writer)  # type: ignore[arg-type]
         if read_answer(stdout, "staged") is not False:
             return  # staged already, or it failed (its exit status and stderr say why)
-        writer.write(offered)
+        writer.write(offered.result())
         writer.flush()
         missing = read_answer(stdout, "missing")
         if missing is None:
@@ -326,9 +326,10 @@ def rollout(s: Session, build: Path, label: str | None = None, canary: int = 0,
             result.switched, result.checked = desired.fleet != release or bool(desired.overrides), True
             return result
         progress.phase(f"staging {release} ({len(manifest.entries)} files, {manifest.total_bytes} bytes)")
-        offered = offer(manifest)
-        result.staged = stage_everywhere(s, hosts,
-                                         lambda h: stage_from_build(s, h, manifest, offered, build, progress))
+        with ThreadPoolExecutor(max_workers=1) as compressing:  # while the hosts start and answer "staged?"
+            offered = compressing.submit(offer, manifest)
+            result.staged = stage_everywhere(s, hosts,
+                                             lambda h: stage_from_build(s, h, manifest, offered, build, progress))
         result.timings["staged"] = elapsed()
         views = {v.host: v for v in fleet_view(s.store, [h.name for h in hosts])}
         if desired.fleet == release and not desired.overrides and all(
