@@ -463,9 +463,17 @@ def link_into_pool(root: StrPath, manifest: Manifest, immutable_paths: Iterable[
 
 
 def _link_one_into_pool(source: Path, target: Path) -> int:
-    if target.is_file() and not target.is_symlink() and os.path.samefile(source, target):
-        return 0
-    target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    """Link source at target; a new path (the common case on a first rollout) costs one link(2)."""
+    try:
+        os.link(source, target)
+        return 1
+    except FileNotFoundError:
+        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.link(source, target)
+        return 1
+    except FileExistsError:
+        if not target.is_symlink() and target.is_file() and os.path.samefile(source, target):
+            return 0
     temp = target.with_name(f".{target.name}.{os.getpid()}.pool-tmp")
     temp.unlink(missing_ok=True)
     os.link(source, temp)
