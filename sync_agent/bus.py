@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import select
 import time
 from collections.abc import Awaitable, Mapping
 from typing import Any, cast
@@ -49,6 +50,15 @@ def describe(err: BaseException) -> str:
         return f"Redis refused the credentials: {err} (check redis.username and redis.password_file)"
     text = str(err) or type(err).__name__
     return text if isinstance(err, ConnectionLost) else f"{type(err).__name__}: {text}"
+
+
+def _take(kind: bytes | str, channel: bytes, data: bytes, batch: list[tuple[bytes, bytes]]) -> None:
+    """Add a pushed message to the batch; an unsubscribe ends the session; confirmations and pongs are dropped."""
+    kind = kind.decode() if isinstance(kind, bytes) else kind
+    if kind == "message":
+        batch.append((channel, data))
+    elif kind == "unsubscribe":
+        raise ConnectionLost(f"Redis unsubscribed us from {channel!r}")
 
 
 class Backoff:
@@ -120,26 +130,57 @@ class Bus:
                 self._early.append((reply["channel"], reply["data"]))
 
     async def messages(self, timeout: float, limit: int = 10_000) -> list[tuple[bytes, bytes]]:
-        """Wait up to timeout for a message, then take every message already received (coalescing)."""
+        """Wait up to timeout for a message, then take every message already received (coalescing).
+
+        The rest of the batch comes straight from hiredis' buffer, in one pass: another get_message(timeout=0)
+        per message, and one more to find nothing, each cost an event-loop round (docs/performance.md). What
+        is still unread on the socket comes with the next call, at once."""
         batch, self._early = self._early, []
-        pubsub = self.pubsub
         if not batch:
-            reply = await pubsub.get_message(timeout=max(timeout, 0.0))
+            reply = await self.pubsub.get_message(timeout=max(timeout, 0.0))
             if reply is None:
                 return batch
-            if reply["type"] == "message":
-                batch.append((reply["channel"], reply["data"]))
-            elif reply["type"] == "unsubscribe":
-                raise ConnectionLost(f"Redis unsubscribed us from {reply['channel']!r}")
+            _take(reply["type"], reply["channel"], reply["data"], batch)
+        reader = self._hiredis_reader()
         while len(batch) < limit:
-            reply = await pubsub.get_message(timeout=0.0)
-            if reply is None:
+            if reader is None:  # redis-py without hiredis: its own parser, one message per call
+                reply = await self.pubsub.get_message(timeout=0.0)
+                if reply is None:
+                    break
+                _take(reply["type"], reply["channel"], reply["data"], batch)
+                continue
+            raw = reader.gets()
+            if isinstance(raw, Exception):
+                raise raw
+            if not isinstance(raw, list):  # redis-py's NOT_ENOUGH_DATA: no complete reply is buffered
                 break
-            if reply["type"] == "message":
-                batch.append((reply["channel"], reply["data"]))
-            elif reply["type"] == "unsubscribe":
-                raise ConnectionLost(f"Redis unsubscribed us from {reply['channel']!r}")
+            if len(raw) == 3:
+                _take(raw[0], raw[1], raw[2], batch)
         return batch
+
+    def pending(self) -> bool:
+        """True when more of the subscription has arrived already (buffered, or unread on the socket), so the
+        next batch follows at once: the agent then leaves the template render to the end of the burst."""
+        reader = self._hiredis_reader()
+        if reader is not None and reader.has_data():
+            return True
+        connection = self.pubsub.connection
+        stream = getattr(connection, "_reader", None)
+        if getattr(stream, "_buffer", None):
+            return True
+        writer = getattr(connection, "_writer", None)
+        sock = writer.get_extra_info("socket") if writer is not None else None
+        if sock is None:
+            return False
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable)
+
+    def _hiredis_reader(self) -> Any:
+        """The hiredis Reader of the subscription's connection (redis[hiredis] is a dependency; redis-py 5-7
+        keep it at connection._parser._reader), or None with redis-py's own parser."""
+        parser = getattr(self.pubsub.connection, "_parser", None)
+        reader = getattr(parser, "_reader", None)
+        return reader if hasattr(reader, "has_data") else None
 
     async def snapshot(self) -> Snapshot:
         """The full desired state in one MULTI/EXEC."""

@@ -44,6 +44,14 @@ SWITCH_TAIL = 0.003  # the last part of a wait sleeps in the kernel (time.sleep)
 # cores (containers on one machine) wake at the same deadline, and the rest of a batch (ack, render, ~1 ms of
 # CPU) would otherwise run before the other agents' renames. Costs the ack 1 ms on a host of its own.
 SWITCH_YIELD = 0.001
+# In a burst (a batch of several changes, or more already waiting), pause before reading again, for 10 times the
+# time the batch took, within these bounds: bigger batches, so the CPU per change falls as the rate rises instead
+# of one wake-up per change (on shared cores that starves the publisher itself; docs/performance.md). A change
+# arriving alone (steady load) is followed by no pause.
+COALESCE_FACTOR = 10.0
+COALESCE_MIN = 0.005
+COALESCE_MAX = 0.5
+STATUS_EVERY = 0.05  # data-only acknowledgements: at most one HSET per this many seconds (a switch acks at once)
 DRAIN_SECONDS = 0.5  # how long a stop waits for the batch being applied before it cancels
 CLOSE_SECONDS = 0.3  # closing a dead connection must not hold up a reconnect or a stop
 EMPTY_STORE_ERROR = ("the store is empty (Redis lost its data, or nothing was published yet): serving what is on "
@@ -137,6 +145,7 @@ class Agent:
         self._status_lock = asyncio.Lock()
         self._status_wanted = asyncio.Event()
         self._status_writer_running = False
+        self._render_due = False  # a batch changed what the templates show; rendered when no message waits
         self._probes = _Probes()
         self._probe_tokens = itertools.count(1)
         self._last_systemd_status = ""
@@ -230,8 +239,9 @@ class Agent:
         batch.first = batch.first or message.revision
         self.errors.pop("message", None)
 
-    async def _process(self, bus: Bus, items: list[tuple[bytes, bytes]]) -> None:
-        """Apply a batch in revision order, resyncing on a gap or a new epoch, then write the files once."""
+    async def _process(self, bus: Bus, items: list[tuple[bytes, bytes]]) -> int:
+        """Apply a batch in revision order, resyncing on a gap or a new epoch, then write the files once.
+        Returns how many changes it applied."""
         batch = _Batch()
         probe_channel = bus.probe_channel
         had_error = self.errors.get("message")
@@ -263,6 +273,7 @@ class Agent:
         elif self.errors.get("message") != had_error:
             await self.ack(bus)  # a skipped message shows in the status at once
             self._tell_systemd()
+        return batch.applied
 
     async def _resync(self, bus: Bus, batch: _Batch, why: str) -> None:
         snapshot = await bus.snapshot()
@@ -315,10 +326,17 @@ class Agent:
                 log.error("cannot write %s: %s", self.shared.shared_dir / "data.json", err)
         await self.ack(bus, now=switched)
         if wrote or switched or (batch.resynced and not self.store_empty):
-            await self._render(bus)
+            self._render_due = True  # by _render_when_idle, after this batch or after the burst it is part of
         self._tell_systemd()
 
+    async def _render_when_idle(self, bus: Bus) -> None:
+        """Render the templates if a batch changed what they show and no further message is already here; else
+        the next batch will: a burst renders once, at its end, and data.json never waits for a render."""
+        if self._render_due and not bus.pending():
+            await self._render(bus)
+
     async def _render(self, bus: Bus) -> None:
+        self._render_due = False
         release: ReleaseInfo | None = None
         if self.current is not None:
             label = self._labels.get(self.current)
@@ -349,7 +367,9 @@ class Agent:
             while True:
                 await self._status_wanted.wait()
                 self._status_wanted.clear()
-                await asyncio.wait_for(self.write_status(bus), self.config.command_timeout)
+                async with asyncio.timeout(self.config.command_timeout):  # no inner task to outlive a stop
+                    await self.write_status(bus)
+                await asyncio.sleep(STATUS_EVERY)  # what arrives meanwhile goes in the next HSET
         finally:
             self._status_writer_running = False
 
@@ -370,6 +390,7 @@ class Agent:
         self.connected = True
         backoff.reset()
         await self._flush(bus, batch)
+        await self._render_when_idle(bus)
         log.info("connected to Redis at %s as %s; subscribed to %s and %s", bus.where,
                  self.config.username or "default", bus.keys.events, bus.probe_channel.decode())
         self._probes = _Probes()
@@ -394,20 +415,27 @@ class Agent:
         while not self.should_exit.is_set():
             items = await bus.messages(timeout=max(0.0, next_reconcile - loop.time()))
             self._busy, self._busy_since = True, loop.time()
+            applied = 0
             try:
                 if items:
-                    await self._process(bus, items)
+                    applied = await self._process(bus, items)
                 if loop.time() >= next_reconcile:
                     await self._reconcile(bus)
                     next_reconcile = loop.time() + self.config.reconcile
+                await self._render_when_idle(bus)
             finally:
                 self._busy = False
-                self._busy_seconds += loop.time() - self._busy_since
+                spent = loop.time() - self._busy_since
+                self._busy_seconds += spent
+            if applied > 1 or (applied and bus.pending()):
+                await asyncio.sleep(min(COALESCE_MAX, max(COALESCE_MIN, spent * COALESCE_FACTOR)))
 
     async def _reconcile(self, bus: Bus) -> None:
         """Compare with the snapshot on a timer: catches anything missed, retries a switch that failed."""
         snapshot = await bus.snapshot()
         batch = _Batch()
+        if snapshot.epoch == self.epoch and snapshot.revision > self.revision and bus.pending():
+            return  # behind only by what has arrived already (a burst): the next batch closes it or shows the gap
         if snapshot.epoch != self.epoch or snapshot.revision != self.revision:
             why = (f"reconcile: store at epoch {snapshot.epoch or '-'} revision {snapshot.revision}, "
                    f"applied epoch {self.epoch or '-'} revision {self.revision}")
@@ -447,7 +475,8 @@ class Agent:
     async def _heartbeat_loop(self, bus: Bus) -> None:
         while True:
             await asyncio.sleep(self.config.heartbeat)
-            await asyncio.wait_for(self.write_status(bus, clock=True), self.config.command_timeout)
+            async with asyncio.timeout(self.config.command_timeout):
+                await self.write_status(bus, clock=True)
             self._tell_systemd()
 
     async def _connect_forever(self) -> None:

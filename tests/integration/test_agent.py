@@ -135,7 +135,8 @@ def test_half_open_connection_is_noticed_by_the_probe(fleet, proxy, which):
 
 
 def test_burst_of_a_thousand_changes_ends_on_the_last_revision(fleet):
-    agents = [fleet.agent(f"web{n}") for n in (1, 2, 3)]
+    agents = [fleet.agent(f"web{n}", templates={"env.js.j2": "window.__ENV__ = {{ data | tojson }};\n"})
+              for n in (1, 2, 3)]
     for agent in agents:
         eventually(lambda a=agent: fleet.status(a.host), what="connected")
     for n in range(1000):
@@ -146,6 +147,9 @@ def test_burst_of_a_thousand_changes_ends_on_the_last_revision(fleet):
         assert agent.data() == expected
         applied = agent.log().count("applied revisions")
         assert applied < 1000  # coalesced: fewer writes than changes
+    env = f"window.__ENV__ = {json.dumps(expected, sort_keys=True)};\n"  # rendered once the burst is over
+    for agent in agents:
+        eventually(lambda a=agent: (a.shared / "env.js").read_text() == env, what=f"{agent.host} env.js")
 
 
 def test_deploy_switches_current_and_previous(fleet, builds):
