@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import logging
 import os
@@ -527,6 +528,8 @@ class Agent:
         with contextlib.suppress(OSError):
             self.switched_at_ns = os.lstat(self.root / "current").st_mtime_ns  # the last switch, before a restart
         self.notifier.ready(self.systemd_status())
+        gc.collect()
+        gc.freeze()  # what start-up built (modules, Jinja, redis-py) lives on: no full collection walks it again
         log.info("sync agent %s started for host %s: serving release %s from %s (degraded until the first "
                  "snapshot)", __version__, self.config.host, self.current or "-", self.root)
         helpers = []
