@@ -77,20 +77,6 @@ def _libc(name: str) -> Callable[..., int] | None:
 
 
 _SYNCFS = _libc("syncfs")
-_SYNC_FILE_RANGE = _libc("sync_file_range")
-if _SYNC_FILE_RANGE is not None:
-    _SYNC_FILE_RANGE.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]  # type: ignore[attr-defined]
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing a finished file to disk now, without waiting (sync_file_range(2)).
-
-    Staging calls it after each file, so the disk works while the rest of the release is still
-    arriving and the one syncfs at the end has little left to wait for.
-    """
-    if _SYNC_FILE_RANGE is not None:
-        _SYNC_FILE_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # advisory: a failure only means syncfs does the work
 
 
 def syncfs(path: StrPath) -> None:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from .errors import ManifestError
-from .fsutil import StrPath, atomic_write, start_writeback, syncfs
+from .fsutil import StrPath, atomic_write, syncfs
 from .manifest import CHUNK_SIZE, Entry, Manifest, check_path
 from .protocol import validate_release_id
 
@@ -389,8 +389,6 @@ def _write_blob(stream: BinaryIO, target: Path, sha256: str, size: int) -> None:
             digest.update(chunk)
             out.write(chunk)
             remaining -= len(chunk)
-        out.flush()
-        start_writeback(fd)
     if digest.hexdigest() != sha256:
         raise ManifestError(f"content received for {target.name} has sha256 {digest.hexdigest()}, not {sha256}")
 
