@@ -295,6 +295,7 @@ def throughput(bf: BenchFleet, files: int, total_bytes: int, fraction: float, re
                                        "offer_bytes": len(offer(build_manifest(second)))}
                 for name, build in (("first", first), ("incremental", second)):
                     _settle()
+                    s.remote.disconnect(list(s.fleet.web))  # from cold SSH, as each rsync run starts
                     start = time.monotonic()
                     result = control.rollout(s, build, label=f"bench-{name}")
                     run[f"agent_{name}_total_s"] = time.monotonic() - start

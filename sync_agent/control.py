@@ -311,9 +311,12 @@ def rollout(s: Session, build: Path, label: str | None = None, canary: int = 0,
 
     if not build.is_dir():
         raise UsageError(f"the build {build} is not a directory; build your frontend first (e.g. `npm run build`)")
-    manifest = build_manifest(build)
-    release = manifest.release_id
     hosts = list(s.fleet.web)
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(hosts)))) as connecting:  # SSH handshakes while hashing
+        for host in hosts:
+            connecting.submit(s.remote.connect, host)
+        manifest = build_manifest(build)
+    release = manifest.release_id
     if canary < 0 or (canary and canary >= len(hosts)):
         raise UsageError(f"--canary must be between 1 and {len(hosts) - 1} for a fleet of {len(hosts)} hosts")
     with s.lock.held(default_holder(f"rollout of {release}"), token=token) as held:

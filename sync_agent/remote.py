@@ -79,10 +79,20 @@ class Remote:
 
     def close(self) -> None:
         """Stop the ControlMaster processes and remove the generated files."""
-        for host in (*self.fleet.web, self.fleet.redis):
+        self.disconnect([*self.fleet.web, self.fleet.redis])
+        self._dir.cleanup()
+
+    def connect(self, host: Host) -> None:
+        """Open the host's shared connection now (handshake and authentication), so later commands
+        start at once; a failure is left for those commands to report."""
+        subprocess.run(["ssh", "-F", str(self.config), host.name, "true"], stdin=subprocess.DEVNULL,
+                       capture_output=True, check=False, timeout=CONNECT_TIMEOUT + 5)
+
+    def disconnect(self, hosts: list[Host]) -> None:
+        """Stop the hosts' shared connections (the next command opens a new one)."""
+        for host in hosts:
             subprocess.run(["ssh", "-F", str(self.config), "-O", "exit", host.name],
                            capture_output=True, check=False, timeout=10)
-        self._dir.cleanup()
 
     def __enter__(self) -> Remote:
         return self

@@ -30,7 +30,9 @@ import logging
 import lzma
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -291,7 +293,8 @@ def _answer(answers: BinaryIO | None, body: dict[str, Any]) -> None:
 
 
 def _stage_into(partial: Path, manifest: Manifest, stream: BinaryIO, index: dict[str, str]) -> StageResult:
-    """Fill partial from the stream and the content index, then check every entry is there."""
+    """Fill partial from the stream and the content index. Every entry ends up there with its size by
+    construction: a written content is exactly its header's size, a linked one is checked before the link."""
     paths_of: dict[str, list[Entry]] = {}
     for entry in manifest.entries:
         paths_of.setdefault(entry.sha256, []).append(entry)
@@ -300,9 +303,8 @@ def _stage_into(partial: Path, manifest: Manifest, stream: BinaryIO, index: dict
     linked = 0
     for entry in manifest.entries:
         if entry.sha256 not in written:
-            _link_from_host(index.get(entry.sha256), partial / entry.path, entry)
+            _link_from_host(index.get(entry.sha256), f"{partial}/{entry.path}", entry)
             linked += 1
-    _check_sizes(partial, manifest)
     files_written = sum(len(paths_of[sha]) for sha in written)
     return StageResult(manifest.release_id, files_written, linked, received, already_staged=False)
 
@@ -393,7 +395,7 @@ def _write_blob(stream: BinaryIO, target: Path, sha256: str, size: int) -> None:
         raise ManifestError(f"content received for {target.name} has sha256 {digest.hexdigest()}, not {sha256}")
 
 
-def _link_from_host(source: str | None, target: Path, entry: Entry) -> None:
+def _link_from_host(source: str | None, target: str, entry: Entry) -> None:
     """Hard-link a content the host has already; its size is checked against the trusted record, never re-hashed."""
     if source is None:
         raise ManifestError(f"{entry.path}: content {entry.sha256} is neither in the stream nor on this host")
@@ -412,13 +414,6 @@ def _make_directories(partial: Path, manifest: Manifest) -> None:
     os.chmod(partial, 0o755)
     for directory in sorted({str(Path(entry.path).parent) for entry in manifest.entries} - {"."}):
         (partial / directory).mkdir(mode=0o755, parents=True, exist_ok=True)
-
-
-def _check_sizes(partial: Path, manifest: Manifest) -> None:
-    for entry in manifest.entries:
-        info = (partial / entry.path).lstat()
-        if info.st_size != entry.size:
-            raise ManifestError(f"{entry.path} has {info.st_size} bytes after staging; the manifest says {entry.size}")
 
 
 def _read_exactly(stream: BinaryIO, size: int, what: str) -> bytes:
@@ -454,30 +449,35 @@ def link_into_pool(root: StrPath, manifest: Manifest, immutable_paths: Iterable[
     linked = 0
     for entry in immutable_entries(manifest, immutable_paths):
         try:
-            linked += _link_one_into_pool(source / entry.path, pool / entry.path)
+            linked += _link_one_into_pool(f"{source}/{entry.path}", f"{pool}/{entry.path}")
         except OSError as err:  # a pool conflict must not undo a good staging
             log.warning("could not add %s to the asset pool: %s", entry.path, err)
     return linked
 
 
-def _link_one_into_pool(source: Path, target: Path) -> int:
-    """Link source at target; a new path (the common case on a first rollout) costs one link(2)."""
+def _link_one_into_pool(source: str, target: str) -> int:
+    """Link source at target. One link(2) for a new path (a first rollout), three syscalls for a path
+    that already holds this file (most paths of the next one)."""
     try:
         os.link(source, target)
         return 1
     except FileNotFoundError:
-        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
         os.link(source, target)
         return 1
     except FileExistsError:
-        if not target.is_symlink() and target.is_file() and os.path.samefile(source, target):
+        held = os.lstat(target)
+        if stat.S_ISREG(held.st_mode) and os.path.samestat(held, os.stat(source)):
             return 0
-    temp = target.with_name(f".{target.name}.{os.getpid()}.pool-tmp")
-    temp.unlink(missing_ok=True)
+    directory, name = os.path.split(target)
+    temp = f"{directory}/.{name}.{os.getpid()}.pool-tmp"
+    with suppress(FileNotFoundError):
+        os.unlink(temp)
     os.link(source, temp)
     try:
         os.replace(temp, target)  # a different content at the same path: replace it whole
     except BaseException:
-        temp.unlink(missing_ok=True)
+        with suppress(FileNotFoundError):
+            os.unlink(temp)
         raise
     return 1
