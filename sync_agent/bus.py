@@ -15,6 +15,7 @@ import logging
 import random
 import select
 import time
+from collections import deque
 from collections.abc import Awaitable, Mapping
 from typing import Any, cast
 
@@ -31,7 +32,8 @@ from .snapshot import Snapshot, parse_snapshot, queue_snapshot
 
 log = logging.getLogger(__name__)
 
-CLOCK_SAMPLES = 3  # TIME round trips per clock sync (at connect and every heartbeat); the shortest one counts
+CLOCK_SAMPLES = 3  # TIME round trips per clock sync (at connect and every heartbeat)
+CLOCK_WINDOW = 30.0  # seconds: the offset comes from the shortest round trip among this window's samples
 
 
 class ConnectionLost(StoreUnavailable):
@@ -105,7 +107,8 @@ class Bus:
         )
         self.pubsub: PubSub = self.client.pubsub()
         self._early: list[tuple[bytes, bytes]] = []
-        self._clock_offset = 0.0  # Redis' clock minus ours, measured at the last TIME
+        self._clock_offset = 0.0  # Redis' clock minus ours
+        self._clock_samples: deque[tuple[float, float, float]] = deque()  # (taken at, round trip, offset)
 
     @property
     def where(self) -> str:
@@ -202,17 +205,20 @@ class Bus:
         return label if isinstance(label, str) and label else release_id
 
     async def sync_clock(self, samples: int = CLOCK_SAMPLES) -> float:
-        """Redis' clock (TIME); also remembers the offset to ours, for acknowledgements between heartbeats and
-        for switch_at deadlines. The offset is taken at the midpoint of the shortest of a few round trips: a
-        slow reply (a busy core) would otherwise put this host's deadline late by up to its whole round trip."""
-        best = (float("inf"), 0.0)
+        """Redis' clock (TIME); also keeps the offset to ours, for acknowledgements between heartbeats and for
+        switch_at deadlines. The offset is taken at the midpoint of the shortest round trip of the last
+        CLOCK_WINDOW seconds (as NTP filters its samples): a slow reply (a busy core) puts the midpoint off by up
+        to half its round trip, and a single sync's best of three can still be a slow one."""
         for _ in range(samples):
             sent = time.time()
             seconds, micros = await self.client.time()
             received = time.time()
-            offset = float(seconds) + int(micros) / 1e6 - (sent + received) / 2
-            best = min(best, (received - sent, offset))
-        self._clock_offset = best[1]
+            self._clock_samples.append((time.monotonic(), received - sent,
+                                        float(seconds) + int(micros) / 1e6 - (sent + received) / 2))
+        horizon = time.monotonic() - CLOCK_WINDOW
+        while self._clock_samples[0][0] < horizon:
+            self._clock_samples.popleft()
+        self._clock_offset = min(self._clock_samples, key=lambda sample: sample[1])[2]
         return self.server_now()
 
     def server_now(self) -> float:
