@@ -282,3 +282,18 @@ def test_rollout_with_redis_reachable_only_through_the_ssh_tunnel(deployed: Depl
     assert_fleet_serves(deployed, build)
     code, rows = status_json(tunnelled)
     assert code == 0 and {r["release"] for r in rows} == {result["release"]}
+
+
+def test_a_host_command_that_hangs_is_killed_at_its_timeout_and_the_host_named(deployed: Deployment) -> None:
+    """The stage session's guard: a host that stops answering mid-conversation cannot hold a rollout."""
+    from sync_agent.inventory import load_fleet
+    from sync_agent.remote import HostUnreachable, Remote
+
+    fleet = load_fleet(str(deployed.inventory))
+    host = fleet.web[0]
+    answers: list[bytes] = []
+    with Remote(fleet) as remote, pytest.raises(HostUnreachable, match="no answer within 2s") as failure:
+        remote.stream(host, ["sh", "-c", "echo ready; sleep 60"], lambda _, stdout: answers.append(stdout.readline()),
+                      timeout=2)
+    assert failure.value.host == host.name
+    assert answers == [b"ready\n"], "the conversation ran before the timeout"
