@@ -201,9 +201,14 @@ def stage_from_build(s: Session, host: Host, manifest: Manifest, offered: Future
     return result
 
 
+def _host_pool(hosts: list[Host]) -> ThreadPoolExecutor:
+    """Threads for work on hosts in parallel: one per host, at most 16."""
+    return ThreadPoolExecutor(max_workers=max(1, min(16, len(hosts))))
+
+
 def _on_each(hosts: list[Host], work: Callable[[Host], T]) -> dict[str, T]:
-    """Run work on every host in parallel (one thread per host, at most 16); host name → result."""
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(hosts)))) as pool:
+    """Run work on every host in parallel; host name → result."""
+    with _host_pool(hosts) as pool:
         return dict(zip([h.name for h in hosts], pool.map(work, hosts), strict=True))
 
 
@@ -214,7 +219,7 @@ def staged_on(s: Session, host: Host) -> list[str]:
 
 def stage_everywhere(s: Session, hosts: list[Host], stage_one: Callable[[Host], HostStaging]) -> dict[str, HostStaging]:
     """Stage on every host in parallel; the first failure names its host, after all have finished."""
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(hosts)))) as pool:
+    with _host_pool(hosts) as pool:
         futures = {host.name: pool.submit(stage_one, host) for host in hosts}
     failures: dict[str, str] = {}
     results: dict[str, HostStaging] = {}
@@ -312,10 +317,10 @@ def rollout(s: Session, build: Path, label: str | None = None, canary: int = 0,
     if not build.is_dir():
         raise UsageError(f"the build {build} is not a directory; build your frontend first (e.g. `npm run build`)")
     hosts = list(s.fleet.web)
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(hosts)))) as connecting:  # SSH handshakes while hashing
-        for host in hosts:
-            connecting.submit(s.remote.connect, host)
-        manifest = build_manifest(build)
+    with ThreadPoolExecutor(max_workers=1) as hashing:  # the SSH handshakes run while the build is hashed
+        hashed = hashing.submit(build_manifest, build)
+        _on_each(hosts, s.remote.connect)
+        manifest = hashed.result()
     release = manifest.release_id
     if canary < 0 or (canary and canary >= len(hosts)):
         raise UsageError(f"--canary must be between 1 and {len(hosts) - 1} for a fleet of {len(hosts)} hosts")

@@ -85,8 +85,9 @@ class Remote:
     def connect(self, host: Host) -> None:
         """Open the host's shared connection now (handshake and authentication), so later commands
         start at once; a failure is left for those commands to report."""
-        subprocess.run(["ssh", "-F", str(self.config), host.name, "true"], stdin=subprocess.DEVNULL,
-                       capture_output=True, check=False, timeout=CONNECT_TIMEOUT + 5)
+        with suppress(subprocess.TimeoutExpired):
+            subprocess.run(["ssh", "-F", str(self.config), host.name, "true"], stdin=subprocess.DEVNULL,
+                           capture_output=True, check=False, timeout=CONNECT_TIMEOUT + 5)
 
     def disconnect(self, hosts: list[Host]) -> None:
         """Stop the hosts' shared connections (the next command opens a new one)."""

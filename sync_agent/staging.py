@@ -156,13 +156,12 @@ def content_index(root: StrPath) -> dict[str, str]:
 
 def lacking(root: StrPath, manifest: Manifest, index: dict[str, str] | None = None) -> list[Entry]:
     """The entries whose content this host has nowhere, each content once: what the controller must send."""
-    have = dict(content_index(root) if index is None else index)
-    missing: list[Entry] = []
+    have = content_index(root) if index is None else index
+    missing: dict[str, Entry] = {}  # each content once, however many paths hold it
     for entry in manifest.entries:
         if entry.sha256 not in have:
-            have[entry.sha256] = ""  # send each content once, however many paths hold it
-            missing.append(entry)
-    return missing
+            missing.setdefault(entry.sha256, entry)
+    return list(missing.values())
 
 
 # --- the stream, controller side ----------------------------------------------------------------
