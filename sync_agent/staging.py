@@ -18,7 +18,9 @@ in one go (`write_stream`). The formats, documented in docs/releases.md:
 
 Nothing appears under `releases/<id>` until every file is in place and
 verified: the release is built in `releases/<id>.partial`, which any failure
-removes.
+removes. Before it asks for a single byte, the host checks that its releases
+filesystem has room for what it lacks (`check_space`): a full disk fails the
+rollout at staging, naming the host, before anything switches.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from .errors import ManifestError
+from .errors import FrontfleetError, ManifestError
 from .fsutil import StrPath, atomic_write, syncfs
 from .manifest import CHUNK_SIZE, Entry, Manifest, check_path
 from .protocol import validate_release_id
@@ -51,6 +53,23 @@ MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 _MAX_HEADER_LINE = 128
 RECORD_SUFFIX = ".manifest.json"
 PARTIAL_SUFFIX = ".partial"
+# Room kept free beyond what the files themselves take (each rounded up to the filesystem's fragment size): the
+# record, directory growth, the pool's new directories, inodes where the filesystem takes them from data blocks
+# (btrfs, tmpfs), and a margin so that staging never leaves the agent without a page for data.json.
+SPACE_MARGIN_BYTES = 4 * 1024 * 1024
+MIB = 1024 * 1024
+
+
+class NotEnoughSpace(FrontfleetError):
+    """The releases filesystem has less room than the content a host lacks needs; nothing was sent."""
+
+    def __init__(self, directory: StrPath, needed: int, free: int, what: str = "space") -> None:
+        if what == "space":
+            detail = f"needs {needed / MIB:.1f} MiB, {free / MIB:.1f} MiB free"
+        else:
+            detail = f"needs {needed} {what}, {free} free"
+        super().__init__(f"not enough {what} in {directory}: {detail}; free some (`fab prune --keep 1`) or grow it")
+        self.needed, self.free = needed, free
 
 
 @dataclass(frozen=True)
@@ -164,6 +183,60 @@ def lacking(root: StrPath, manifest: Manifest, index: dict[str, str] | None = No
     return list(missing.values())
 
 
+# --- room on the host ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpaceNeeded:
+    """What staging a release writes on this host: bytes (each file rounded up to the fragment size, plus the
+    record and SPACE_MARGIN_BYTES) and inodes (one per file written and per directory)."""
+
+    bytes: int
+    inodes: int
+
+
+def space_needed(manifest: Manifest, missing: Iterable[Entry], fragment: int) -> SpaceNeeded:
+    """The room that staging `missing` (what the host lacks) into a new release takes on a filesystem whose
+    fragment (allocation unit) is `fragment` bytes. Linked files take an inode's directory entry only."""
+    fragment, missing = max(1, fragment), list(missing)
+    directories = {str(Path(entry.path).parent) for entry in manifest.entries}  # "." is the release itself
+    data = sum(-(-entry.size // fragment) * fragment for entry in missing)
+    record = len(manifest.dumps().encode("utf-8")) + 64  # the record is the manifest plus "verified": true
+    blocks = data + record + len(directories) * fragment
+    return SpaceNeeded(blocks + SPACE_MARGIN_BYTES, len(missing) + len(directories) + 1)
+
+
+def existing_ancestor(path: StrPath) -> Path:
+    """path itself if it exists, else its nearest existing parent (a first staging creates releases/)."""
+    current = Path(path)
+    while not current.exists() and current != current.parent:
+        current = current.parent
+    return current
+
+
+def check_space(directory: StrPath, needed: SpaceNeeded) -> None:
+    """Refuse (NotEnoughSpace) when the filesystem holding directory has less room than needed.
+
+    Free space is f_bavail * f_frsize, what an unprivileged writer may still use (root's reserve is not
+    counted on: the agent writes shared/ on the same filesystem as an ordinary user). Inodes are checked only
+    where the filesystem has a fixed number of them (f_files > 0).
+    """
+    where = existing_ancestor(directory)
+    info = os.statvfs(where)
+    free = info.f_bavail * info.f_frsize
+    if free < needed.bytes:
+        raise NotEnoughSpace(directory, needed.bytes, free)
+    if info.f_files > 0 and info.f_favail < needed.inodes:
+        raise NotEnoughSpace(directory, needed.inodes, info.f_favail, what="inodes")
+
+
+def check_room_for(root: StrPath, manifest: Manifest, missing: Iterable[Entry]) -> None:
+    """check_space of the releases directory for staging `missing`, the entries this host lacks."""
+    directory = releases_dir(root)
+    fragment = os.statvfs(existing_ancestor(directory)).f_frsize
+    check_space(directory, space_needed(manifest, missing, fragment))
+
+
 # --- the stream, controller side ----------------------------------------------------------------
 
 
@@ -263,8 +336,10 @@ def receive_stream(root: StrPath, release_id: str, stream: BinaryIO, immutable_p
         return StageResult(release_id, 0, 0, 0, already_staged=True)
     manifest = _read_manifest(stream, release_id, compressed=negotiated)
     index = content_index(root)
+    missing = lacking(root, manifest, index)
+    check_room_for(root, manifest, missing)  # before the controller sends a byte: it sees the stream end instead
     if negotiated:
-        _answer(answers, {"missing": [entry.sha256 for entry in lacking(root, manifest, index)]})
+        _answer(answers, {"missing": [entry.sha256 for entry in missing]})
     if release_dir(root, release_id).exists():
         raise ManifestError(f"{release_dir(root, release_id)} exists without its record; remove it, then stage again")
     partial = partial_dir(root, release_id)

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import lzma
+import os
 import stat
 from pathlib import Path
 
@@ -15,14 +16,19 @@ from sync_agent import staging
 from sync_agent.errors import ManifestError
 from sync_agent.manifest import Entry, Manifest, build_manifest, content_digest
 from sync_agent.staging import (
+    MIB,
     OFFER_MAGIC,
     STREAM_END,
     STREAM_MAGIC,
+    NotEnoughSpace,
+    SpaceNeeded,
+    check_space,
     content_index,
     lacking,
     offer,
     open_offer,
     receive_stream,
+    space_needed,
     write_blobs,
     write_stream,
 )
@@ -348,3 +354,69 @@ def test_writing_a_stream_with_a_content_not_in_the_manifest_is_refused(tmp_path
     build = make_build(tmp_path / "dist", {"a": b"x"})
     with pytest.raises(ManifestError, match="not in the manifest"):
         write_stream(io.BytesIO(), build_manifest(build), build, ["f" * 64])
+
+
+# --- room on the host ---------------------------------------------------------------------------
+
+
+def free_bytes(path: Path) -> int:
+    info = os.statvfs(path)
+    return info.f_bavail * info.f_frsize
+
+
+def test_a_filesystem_with_less_room_than_needed_is_refused_naming_the_directory_and_both_sizes(
+        tmp_path: Path) -> None:
+    releases = tmp_path / "root" / "releases"  # not there yet: the filesystem that would hold it is checked
+    needed = free_bytes(tmp_path) + 1024 * MIB
+    with pytest.raises(NotEnoughSpace) as refused:
+        check_space(releases, SpaceNeeded(needed, 1))
+    message = str(refused.value)
+    assert message.startswith(f"not enough space in {releases}: needs {needed / MIB:.1f} MiB, ")
+    free_mib = float(message.split(", ")[1].split(" MiB free")[0])
+    assert abs(free_mib - free_bytes(tmp_path) / MIB) < 64, message  # what is free, give or take other writers
+    assert not releases.exists(), "checking creates nothing"
+
+
+def test_a_filesystem_with_room_passes_the_check(tmp_path: Path) -> None:
+    check_space(tmp_path / "releases", SpaceNeeded(1, 1))
+
+
+def test_the_room_needed_counts_only_the_contents_the_host_lacks_rounded_up_to_the_fragment(tmp_path: Path) -> None:
+    build = make_build(tmp_path / "v1", {"index.html": b"x" * 5000, "assets/a.js": b"a" * 10, "assets/b.js": b"b"})
+    manifest = build_manifest(build)
+    everything = space_needed(manifest, manifest.entries, 4096)
+    index_only = space_needed(manifest, [e for e in manifest.entries if e.path == "index.html"], 4096)
+    nothing = space_needed(manifest, [], 4096)
+    assert everything.bytes - nothing.bytes == 2 * 4096 + 4096 + 4096  # 5000 bytes take two fragments, 10 and 1 one
+    assert index_only.bytes - nothing.bytes == 2 * 4096
+    assert nothing.bytes >= staging.SPACE_MARGIN_BYTES + len(manifest.dumps())  # the margin and the record
+    assert everything.inodes - nothing.inodes == 3
+
+
+def test_a_host_without_room_answers_no_missing_list_and_stages_nothing(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controller then sends no content: it reads the end of the answers and reports the host's error."""
+    root = tmp_path / "root"
+    monkeypatch.setattr(staging, "SPACE_MARGIN_BYTES", free_bytes(tmp_path) + 1024 * MIB)
+    manifest = build_manifest(make_build(tmp_path / "v1", fifty_files()))
+    stream = io.BytesIO()
+    open_offer(stream)
+    stream.write(offer(manifest))
+    stream.seek(0)
+    answers = io.BytesIO()
+    with pytest.raises(NotEnoughSpace, match=f"not enough space in {root / 'releases'}: needs "):
+        receive_stream(root, manifest.release_id, stream, IMMUTABLE, answers=answers)
+    assert [json.loads(line) for line in answers.getvalue().splitlines()] == [{"staged": False}]
+    assert_nothing_staged(root, manifest.release_id)
+
+
+def test_a_one_way_stream_to_a_host_without_room_is_refused_before_its_contents_are_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "root"
+    monkeypatch.setattr(staging, "SPACE_MARGIN_BYTES", free_bytes(tmp_path) + 1024 * MIB)
+    manifest, stream = stream_for(root, make_build(tmp_path / "v1", fifty_files()))
+    with pytest.raises(NotEnoughSpace):
+        receive_stream(root, manifest.release_id, stream, IMMUTABLE)
+    manifest_bytes = len(manifest.dumps().encode())
+    assert stream.tell() == len(STREAM_MAGIC) + len(f"{manifest_bytes}\n") + manifest_bytes, "no content was read"
+    assert_nothing_staged(root, manifest.release_id)
