@@ -104,7 +104,8 @@ def prune(c, keep=None, json=False, inventory=None):
 
 @task(help={"json": "print JSON", "inventory": "Ansible inventory"})
 def status(c, json=False, inventory=None):
-    """The fleet: host, release, revision, agent state, last seen. Exit 5 while a host is silent or lagging."""
+    """The fleet: host, release, revision, agent state, last seen. Exit 5 while a host is silent, lagging or
+    degraded (its agent reports an error, e.g. a write that failed)."""
     rows: list[dict[str, Any]] = []
 
     def act(s: control.Session) -> tuple[Any, str]:
@@ -112,9 +113,9 @@ def status(c, json=False, inventory=None):
         return rows, RichProgress.status_table(rows) if sys.stdout.isatty() else _status_text(rows)
 
     _run(json, act, inventory)
-    unhealthy = [r["host"] for r in rows if not r["healthy"]]
+    unhealthy = [f"{r['host']} ({r['problem']})" for r in rows if not r["healthy"]]
     if unhealthy:
-        raise Exit(f"fab: {len(unhealthy)} host(s) silent or lagging: {', '.join(unhealthy)}", code=EXIT_UNHEALTHY)
+        raise Exit(f"fab: {len(unhealthy)} host(s) unhealthy: {'; '.join(unhealthy)}", code=EXIT_UNHEALTHY)
 
 
 def _status_text(rows: list[dict[str, Any]]) -> str:

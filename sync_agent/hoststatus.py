@@ -29,18 +29,28 @@ class HostView:
     lagging: bool
 
     @property
+    def degraded(self) -> bool:
+        """The agent itself says it does not serve all of the desired state (a write failed, no snapshot yet,
+        Redis unreadable): it may acknowledge nothing new, so it is as unhealthy as a lagging host."""
+        return self.status is not None and self.status.state != "ready"
+
+    @property
     def healthy(self) -> bool:
-        return self.status is not None and not self.silent and not self.lagging
+        return self.status is not None and not self.silent and not self.lagging and not self.degraded
 
     @property
     def problem(self) -> str:
+        """Why the host is unhealthy, "" when it is not. A silent host's fields are stale, so silence comes
+        first; a degraded host shows the agent's own error, which says more than the release it serves."""
         if self.status is None:
             return "never reported (is sync-agent installed and running?)"
         if self.silent:
             return f"silent (no heartbeat for more than {3 * self.status.heartbeat:.0f}s)"
-        if self.lagging:
-            return f"serves {self.status.release or 'nothing'}, should serve {self.target}"
-        return ""
+        lagging = f"serves {self.status.release or 'nothing'}, should serve {self.target}" if self.lagging else ""
+        if self.degraded:
+            why = self.status.error or "no error given (starting, before its first snapshot?)"
+            return f"{self.status.state}: {why}" + (f"; {lagging}" if lagging else "")
+        return lagging
 
 
 def read_statuses(store: Store, hosts: Iterable[str]) -> tuple[dict[str, HostStatus | None], float]:

@@ -137,7 +137,7 @@ def test_status_shows_a_stopped_agent_as_silent_with_a_nonzero_exit(deployed: De
     agent_control("web2")
     result = wait_until(lambda: (r := deployed.fab("status")).returncode == 5 and r, timeout=20, interval=1,
                         what="`fab status` to flag web2")
-    assert "1 host(s) silent or lagging: web2" in result.stderr
+    assert "1 host(s) unhealthy: web2 (silent" in result.stderr
     web2 = next(line for line in result.stdout.splitlines() if line.startswith("web2"))
     assert "silent" in web2
     assert all("silent" not in line for line in result.stdout.splitlines() if not line.startswith("web2"))
