@@ -60,7 +60,7 @@ class RichProgress(ProgressCallbacks):
 
     @staticmethod
     def status_table(rows: list[dict[str, Any]]) -> str:
-        """`fab status` as a table; silent or lagging hosts in red."""
+        """`fab status` as a table; silent, lagging or degraded hosts in red."""
         table = Table()
         for column in ("host", "release", "label", "revision", "state", "last seen", "problem"):
             table.add_column(column)

@@ -55,7 +55,7 @@ def switched_at(deployed: Deployment) -> dict[str, str]:
 
 
 def wait_healthy(deployed: Deployment, timeout: float = 60) -> None:
-    """Until `fab status` exits 0: every agent reports, none silent or lagging."""
+    """Until `fab status` exits 0: every agent reports, none silent, lagging or degraded."""
     wait_until(lambda: deployed.fab("status").returncode == 0, timeout=timeout, interval=1,
                what="every host to be healthy in `fab status`")
 
