@@ -10,7 +10,6 @@ Every command sent here is one the agent's ACL user may run (protocol.agent_acl_
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import select
@@ -26,8 +25,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from .config import AgentConfig
-from .errors import StoreUnavailable
-from .protocol import Keys
+from .errors import ProtocolError, StoreUnavailable
+from .protocol import Keys, load_json
 from .snapshot import Snapshot, parse_snapshot, queue_snapshot
 
 log = logging.getLogger(__name__)
@@ -197,9 +196,9 @@ class Bus:
         if raw is None:
             return release_id
         try:
-            meta = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            log.warning("release %s has metadata that is not JSON; using its id as label", release_id)
+            meta = load_json(raw)
+        except ProtocolError as err:
+            log.warning("release %s has metadata this agent cannot read (%s); using its id as label", release_id, err)
             return release_id
         label = meta.get("label") if isinstance(meta, dict) else None
         return label if isinstance(label, str) and label else release_id

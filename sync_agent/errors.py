@@ -36,6 +36,10 @@ class ProtocolError(UsageError):
     """A message, key, value or release id that the protocol refuses."""
 
 
+class SnapshotRefused(ProtocolError):
+    """A snapshot whose epoch or revision cannot be read: nothing in it can be ordered, so none of it applies."""
+
+
 class ManifestError(UsageError):
     """A manifest or staging stream that does not describe a safe, consistent build."""
 

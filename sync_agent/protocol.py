@@ -7,6 +7,7 @@ generator, the docs in docs/protocol.md) takes its names from here.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,10 @@ MAX_VALUE_BYTES = 512 * 1024
 MAX_KEY_LENGTH = 128
 MAX_ID_LENGTH = 64
 MAX_LABEL_LENGTH = 200
+# What a data value may be, so that every agent can parse, store and serve it (docs/protocol.md, "Limits").
+MAX_DEPTH = 32  # nesting of arrays and objects in one value
+MAX_DATA_KEYS = 1000  # keys in NS:data, checked by lua/data.lua
+MAX_DATA_BYTES = 8 * 1024 * 1024  # key + value bytes of the whole NS:data, checked by lua/data.lua
 
 # Release ids, data keys, host names and namespaces share one safe charset:
 # no "/", no "..", no leading "." — they become file names and key suffixes.
@@ -64,15 +69,71 @@ def validate_namespace(value: object) -> str:
     return value
 
 
-def validate_json_value(text: str) -> str:
-    """A data value is any JSON document up to MAX_VALUE_BYTES; returns it compacted."""
-    if len(text.encode()) > MAX_VALUE_BYTES:
-        raise ProtocolError(f"value is {len(text.encode())} bytes; the limit is {MAX_VALUE_BYTES}")
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a finite number (JSON has none; a browser's JSON.parse refuses it)")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text[:40]} is not a finite number (it overflows a double)")
+    return number
+
+
+def _bounded_int(text: str) -> int | float:
+    if len(text) > 309:  # more digits than any finite double has; int() would also hit Python's digit limit
+        raise ValueError(f"{text[:40]}… is not a finite number (it overflows a double)")
+    return int(text)
+
+
+def depth_of(value: Any) -> int:
+    """Nesting depth of a parsed JSON value (a scalar is 0), counted without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH + 1:
+            return deepest  # deep enough to refuse: no need to walk the rest
+        stack.extend((child, depth) for child in children)
+    return deepest
+
+
+def load_json(raw: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
+    """Parse JSON that an agent can serve: UTF-8, finite numbers only, nested at most max_depth deep.
+
+    Any failure is a ProtocolError, whatever the cause (bad UTF-8, a RecursionError of a hostile nesting, a
+    number that overflows): input from Redis or the channel must never raise anything else."""
     try:
-        parsed = json.loads(text)
+        value = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int)
     except json.JSONDecodeError as err:
-        hint = "quote strings twice, e.g. '\"on\"'"
-        raise ProtocolError(f"value is not valid JSON ({err.msg} at position {err.pos}); {hint}") from err
+        raise ProtocolError(f"not valid JSON ({err.msg} at position {err.pos})") from err
+    except RecursionError as err:
+        raise ProtocolError(f"nested deeper than {max_depth} levels") from err
+    except (ValueError, TypeError) as err:  # UnicodeDecodeError is a ValueError
+        raise ProtocolError(str(err)) from err
+    if depth_of(value) > max_depth:
+        raise ProtocolError(f"nested deeper than {max_depth} levels (the limit of a data value)")
+    return value
+
+
+def validate_json_value(text: str) -> str:
+    """A data value is a JSON document agents can serve, up to MAX_VALUE_BYTES; returns it compacted."""
+    size = len(text.encode())
+    if size > MAX_VALUE_BYTES:
+        raise ProtocolError(f"value is {size} bytes; the limit is {MAX_VALUE_BYTES} (MAX_VALUE_BYTES)")
+    try:
+        parsed = load_json(text)
+    except ProtocolError as err:
+        hint = "; quote strings twice, e.g. '\"on\"'" if "not valid JSON" in str(err) else ""
+        raise ProtocolError(f"value refused: {err}{hint}") from err
     return json.dumps(parsed, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -96,6 +157,11 @@ class Keys:
     @property
     def data(self) -> str:
         return f"{self.namespace}:data"
+
+    @property
+    def data_bytes(self) -> str:
+        """Integer: key + value bytes of the data hash, kept by lua/data.lua for the MAX_DATA_BYTES cap."""
+        return f"{self.namespace}:data:bytes"
 
     @property
     def desired(self) -> str:
@@ -190,9 +256,9 @@ def parse_message(raw: bytes | str) -> Message:
     if size > MAX_MESSAGE_BYTES:
         raise ProtocolError(f"message of {size} bytes is over the limit of {MAX_MESSAGE_BYTES}")
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ProtocolError(f"message is not JSON: {err}") from err
+        body = load_json(raw, max_depth=MAX_DEPTH + 1)  # the value sits one level inside the message
+    except ProtocolError as err:
+        raise ProtocolError(f"message refused: {err}") from err
     if not isinstance(body, dict):
         raise ProtocolError("message is not a JSON object")
     if body.get("v") != PROTOCOL_VERSION:
@@ -323,6 +389,11 @@ class HostStatus:
     agent_version: str = ""
     protocol: int = PROTOCOL_VERSION
     pid: int = 0
+    # Counters since the agent started (an older controller ignores them): batches of events processed, snapshot
+    # reads that events triggered (a gap, another epoch: at most one per batch), bad inputs skipped.
+    batches: int = 0
+    resyncs: int = 0
+    skipped: int = 0
 
     def to_hash(self) -> dict[str, str]:
         return {name: str(getattr(self, name)) for name in self.__dataclass_fields__}

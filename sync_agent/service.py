@@ -30,7 +30,7 @@ from typing import Any
 from . import __version__
 from .bus import CONNECTION_ERRORS, Backoff, Bus, ConnectionLost, describe
 from .config import AgentConfig, load_config
-from .errors import EXIT_FAILURE, EXIT_OK, ConfigError, FrontfleetError, ProtocolError
+from .errors import EXIT_FAILURE, EXIT_OK, ConfigError, FrontfleetError, SnapshotRefused
 from .notify import Notifier, watchdog_interval
 from .protocol import Desired, HostStatus, Message, parse_message
 from .releases import PreparedSwitch, current_release, previous_release
@@ -55,11 +55,17 @@ COALESCE_MAX = 0.5
 STATUS_EVERY = 0.05  # data-only acknowledgements: at most one HSET per this many seconds (a switch acks at once)
 DRAIN_SECONDS = 0.5  # how long a stop waits for the batch being applied before it cancels
 CLOSE_SECONDS = 0.3  # closing a dead connection must not hold up a reconnect or a stop
+WRITE_RETRY_MIN = 0.2  # a write the filesystem refused (disk full, read-only) is retried after this, doubling…
+WRITE_RETRY_MAX = 5.0  # …up to this, until it lands
+BAD_INPUT_LOG_EVERY = 10.0  # a flood of bad input is logged once per this many seconds (each new kind at once)
 EMPTY_STORE_ERROR = ("the store is empty (Redis lost its data, or nothing was published yet): serving what is on "
                      "disk; an operator should re-publish the release and the data (docs/reliability.md)")
 
 # Error categories, most important first: the status `error` field lists the current ones in this order.
-_ERROR_ORDER = ("store", "release", "template", "message")
+_ERROR_ORDER = ("store", "snapshot", "write", "session", "release", "data", "template", "message")
+# The categories that make the host `degraded`: it does not serve all of the desired state, or cannot tell.
+# A template that fails to render or a bad event skipped is reported, but the host serves everything else.
+_DEGRADING = frozenset({"store", "snapshot", "write", "session", "release", "data"})
 
 
 @dataclass
@@ -71,6 +77,7 @@ class _Batch:
     applied: int = 0
     first: int = 0
     resynced: bool = False
+    snapshot_read: bool = False  # an event made this batch read the snapshot: it reads it at most once
     switch_at: int | None = None  # the last release event's deadline (µs, Redis' clock); None: switch at once
 
 
@@ -141,6 +148,15 @@ class Agent:
         self.previous: str | None = None
         self.switched_at_ns = 0
         self.errors: dict[str, str] = {}
+        self.acked: tuple[str | None, int] = (None, 0)  # (epoch, revision) whose writes all landed: the ack
+        self.batches = 0
+        self.resyncs = 0
+        self.skipped = 0
+        self._write_errors: dict[str, str] = {}  # what failed to land: "data", "current", "render" → why
+        self._write_backoff = Backoff(WRITE_RETRY_MIN, WRITE_RETRY_MAX)
+        self._write_retry_at: float | None = None  # loop time of the next retry while a write fails
+        self._bad_logged: tuple[str, float] = ("", 0.0)  # the last bad input logged, and when
+        self._bad_unlogged = 0
         self._labels: dict[str, str] = {}
         self._unstaged_logged: str | None = None
         self._status_lock = asyncio.Lock()
@@ -161,7 +177,7 @@ class Agent:
 
     @property
     def state(self) -> str:
-        if not self.synced or self.store_empty or "release" in self.errors:
+        if not self.synced or self.store_empty or not _DEGRADING.isdisjoint(self.errors):
             return "degraded"
         return "ready"
 
@@ -172,8 +188,8 @@ class Agent:
         return HostStatus(
             release=self.current or "",
             previous=self.previous or "",
-            revision=self.revision,
-            epoch=self.epoch or "",
+            revision=self.acked[1],
+            epoch=self.acked[0] or "",
             state=self.state,
             error=self.error_text(),
             switched_at_ns=self.switched_at_ns,
@@ -181,12 +197,15 @@ class Agent:
             heartbeat=self.config.heartbeat,
             agent_version=__version__,
             pid=os.getpid(),
+            batches=self.batches,
+            resyncs=self.resyncs,
+            skipped=self.skipped,
         )
 
     def systemd_status(self) -> str:
         where = "connected" if self.connected else "not connected to Redis"
-        text = (f"{self.state}: release {self.current or '-'}, revision {self.revision}, "
-                f"epoch {self.epoch or '-'}, {where}")
+        text = (f"{self.state}: release {self.current or '-'}, revision {self.acked[1]}, "
+                f"epoch {self.acked[0] or '-'}, {where}")
         error = self.error_text()
         return f"{text}; {error}" if error else text
 
@@ -216,6 +235,11 @@ class Agent:
         self.store_empty = False
         self.errors.pop("store", None)
         self.errors.pop("message", None)
+        if snapshot.bad_keys:
+            self.errors["data"] = (f"skipped {len(snapshot.bad_keys)} key(s) of the snapshot that this agent cannot "
+                                   f"serve: {', '.join(snapshot.bad_keys[:5])} (the agent's log says why)")
+        else:
+            self.errors.pop("data", None)
         self.epoch, self.revision = snapshot.epoch, snapshot.revision
         self.data = dict(snapshot.data)
         self.desired = snapshot.desired
@@ -240,10 +264,25 @@ class Agent:
         batch.first = batch.first or message.revision
         self.errors.pop("message", None)
 
+    def _bad_input(self, what: str, err: BaseException) -> None:
+        """Count, report and log a bad input: each new kind at once, a flood of the same once per interval."""
+        self.skipped += 1
+        text = f"skipped {what}: {err}"
+        self.errors["message"] = text
+        last, logged_at = self._bad_logged
+        now = time.monotonic()
+        if text[:80] != last[:80] or now - logged_at >= BAD_INPUT_LOG_EVERY:
+            more = f" ({self._bad_unlogged} more skipped since the last such line)" if self._bad_unlogged else ""
+            log.warning("%s%s", text, more)
+            self._bad_logged, self._bad_unlogged = (text, now), 0
+        else:
+            self._bad_unlogged += 1
+
     async def _process(self, bus: Bus, items: list[tuple[bytes, bytes]]) -> int:
         """Apply a batch in revision order, resyncing on a gap or a new epoch, then write the files once.
         Returns how many changes it applied."""
         batch = _Batch()
+        self.batches += 1
         probe_channel = bus.probe_channel
         had_error = self.errors.get("message")
         for channel, raw in items:
@@ -252,20 +291,23 @@ class Agent:
                 continue
             try:
                 message = parse_message(raw)
-            except ProtocolError as err:
-                log.warning("skipped a bad message on %s: %s", channel.decode(errors="replace"), err)
-                self.errors["message"] = f"skipped a bad message: {err}"
+            except Exception as err:  # whatever the input makes the parser raise, it is bad input, never fatal
+                self._bad_input(f"a bad message on {channel.decode(errors='replace')}", err)
                 continue
-            if message.epoch != self.epoch:
-                why = f"message from epoch {message.epoch}, applied epoch {self.epoch or '-'}"
-                await self._resync(bus, batch, why)
-            elif message.revision <= self.revision:
+            if message.epoch == self.epoch and message.revision <= self.revision:
                 log.debug("skipped duplicate revision %d (applied %d)", message.revision, self.revision)
-            elif message.revision > self.revision + 1:
-                why = f"gap: got revision {message.revision} after {self.revision}"
-                await self._resync(bus, batch, why)
-            else:
+            elif message.epoch == self.epoch and message.revision == self.revision + 1:
                 self._apply_message(message, batch)
+            elif batch.snapshot_read:
+                # Everything in this batch arrived before that snapshot was read, so it holds every real change
+                # of the batch: what still does not follow on is stale or forged. One read per batch, at most.
+                log.debug("ignored event of epoch %s revision %d after this batch's resync", message.epoch,
+                          message.revision)
+            elif message.epoch != self.epoch:
+                await self._resync(bus, batch, f"message from epoch {message.epoch}, applied epoch "
+                                               f"{self.epoch or '-'}")
+            else:
+                await self._resync(bus, batch, f"gap: got revision {message.revision} after {self.revision}")
         if batch.applied:
             log.info("applied revisions %d..%d (%d change(s)) in epoch %s", batch.first, self.revision,
                      batch.applied, self.epoch)
@@ -276,8 +318,27 @@ class Agent:
             self._tell_systemd()
         return batch.applied
 
+    async def _read_snapshot(self, bus: Bus) -> Snapshot | None:
+        """The snapshot, or None when it is refused whole (its epoch or revision cannot be read): the host then
+        keeps serving what it serves, `degraded`, until a readable snapshot arrives."""
+        try:
+            snapshot = await bus.snapshot()
+        except SnapshotRefused as err:
+            if self.errors.get("snapshot") != f"snapshot refused: {err}":
+                log.error("snapshot refused, serving what is on disk: %s", err)
+            self.errors["snapshot"] = f"snapshot refused: {err}"
+            return None
+        if self.errors.pop("snapshot", None) is not None:
+            log.info("the snapshot can be read again")
+        return snapshot
+
     async def _resync(self, bus: Bus, batch: _Batch, why: str) -> None:
-        snapshot = await bus.snapshot()
+        batch.snapshot_read = True
+        self.resyncs += 1
+        snapshot = await self._read_snapshot(bus)
+        if snapshot is None:
+            batch.resynced = True  # the refusal shows in the status
+            return
         if not snapshot.empty and (snapshot.epoch, snapshot.revision) == (self.epoch, self.revision):
             log.debug("a stale message (%s); the store is where this host is", why)
             return
@@ -299,16 +360,21 @@ class Agent:
             result = prepared.commit()
             if switch_at is not None:
                 time.sleep(SWITCH_YIELD)
-        except (FrontfleetError, OSError) as err:
+        except FrontfleetError as err:
             self.errors["release"] = f"cannot switch to {target}: {err}"
             if self._unstaged_logged != target:
                 log.error("cannot switch to release %s, staying on %s: %s", target, self.current or "-", err)
                 self._unstaged_logged = target
             return False
+        except OSError as err:  # the filesystem refused the new link: a write to retry, not a release problem
+            self._write_failed("current", f"cannot switch current to {target}: {err}")
+            return False
         finally:
             if prepared is not None:
-                prepared.abort()
+                with contextlib.suppress(OSError):
+                    prepared.abort()
         self.errors.pop("release", None)
+        self._write_landed("current")
         self._unstaged_logged = None
         self.current, self.previous = target, result.previous
         if result.switched_at_ns:
@@ -323,12 +389,51 @@ class Agent:
             try:
                 self.shared.write_data(self.data)
                 wrote = True
+                self._write_landed("data")
             except OSError as err:
-                log.error("cannot write %s: %s", self.shared.shared_dir / "data.json", err)
-        await self.ack(bus, now=switched)
+                self._write_failed("data", f"cannot write {self.shared.shared_dir / 'data.json'}: {err}")
         if wrote or switched or (batch.resynced and not self.store_empty):
             self._render_due = True  # by _render_when_idle, after this batch or after the burst it is part of
+        self._advance_ack()
+        await self.ack(bus, now=switched)
         self._tell_systemd()
+
+    # --- writes that must land before they are acknowledged -------------------------------------------------
+
+    def _write_failed(self, what: str, why: str) -> None:
+        """Note a write the filesystem refused: the host is degraded, the ack holds, a retry is scheduled."""
+        if self._write_errors.get(what) != why:
+            log.error("%s; retrying with backoff, the acknowledged revision stays at %d", why, self.acked[1])
+        self._write_errors[what] = why
+        self.errors["write"] = "; ".join(self._write_errors[key] for key in sorted(self._write_errors))
+        if self._write_retry_at is None:
+            self._write_retry_at = time.monotonic() + self._write_backoff.next_delay()
+
+    def _write_landed(self, what: str) -> None:
+        if self._write_errors.pop(what, None) is None:
+            return
+        log.info("the write that failed (%s) landed", what)
+        if self._write_errors:
+            self.errors["write"] = "; ".join(self._write_errors[key] for key in sorted(self._write_errors))
+            return
+        self.errors.pop("write", None)
+        self._write_backoff.reset()
+        self._write_retry_at = None
+
+    def _advance_ack(self) -> None:
+        """The acknowledged (epoch, revision) moves only once every write for it landed, templates included."""
+        if not self._write_errors and not self._render_due:
+            self.acked = (self.epoch, self.revision)
+
+    async def _retry_writes(self, bus: Bus) -> None:
+        """Write everything again (data.json, current, the templates) after a write failed; until it lands, the
+        next try follows with backoff."""
+        self._write_retry_at = None
+        await self._flush(bus, _Batch(data=True, release=True, resynced=True))
+        if self._render_due:
+            await self._render(bus)
+        if self._write_errors and self._write_retry_at is None:
+            self._write_retry_at = time.monotonic() + self._write_backoff.next_delay()
 
     async def _render_when_idle(self, bus: Bus) -> None:
         """Render the templates if a batch changed what they show and no further message is already here; else
@@ -345,14 +450,20 @@ class Agent:
                 label = await bus.release_label(self.current)
                 self._labels[self.current] = label
             release = ReleaseInfo(self.current, label)
+        before = (self.acked, self.errors.get("template"), self.errors.get("write"))
         failures = self.shared.render(self.data, release, self.revision)
-        had = self.errors.get("template")
         if failures:
             self.errors["template"] = self.shared.error_summary()
         else:
             self.errors.pop("template", None)
-        if self.errors.get("template") != had:
+        if self.shared.write_errors:
+            self._write_failed("render", "; ".join(self.shared.write_errors.values()))
+        else:
+            self._write_landed("render")
+        self._advance_ack()
+        if (self.acked, self.errors.get("template"), self.errors.get("write")) != before:
             await self.ack(bus)
+            self._tell_systemd()
 
     async def ack(self, bus: Bus, now: bool = False) -> None:
         """Report the applied state. After a switch, right away (before the templates); after data, through
@@ -387,7 +498,11 @@ class Agent:
         await bus.open()
         await bus.sync_clock()
         batch = _Batch()
-        self._apply_snapshot(await bus.snapshot(), batch, "connected")
+        snapshot = await self._read_snapshot(bus)
+        if snapshot is not None:
+            self._apply_snapshot(snapshot, batch, "connected")
+        else:
+            batch.resynced = True  # the status shows the refusal; the files stay as they are
         self.connected = True
         backoff.reset()
         await self._flush(bus, batch)
@@ -414,12 +529,17 @@ class Agent:
         loop = asyncio.get_running_loop()
         next_reconcile = loop.time() + self.config.reconcile
         while not self.should_exit.is_set():
-            items = await bus.messages(timeout=max(0.0, next_reconcile - loop.time()))
+            wake = next_reconcile
+            if self._write_retry_at is not None:
+                wake = min(wake, loop.time() + self._write_retry_at - time.monotonic())
+            items = await bus.messages(timeout=max(0.0, wake - loop.time()))
             self._busy, self._busy_since = True, loop.time()
             applied = 0
             try:
                 if items:
                     applied = await self._process(bus, items)
+                if self._write_retry_at is not None and time.monotonic() >= self._write_retry_at:
+                    await self._retry_writes(bus)
                 if loop.time() >= next_reconcile:
                     await self._reconcile(bus)
                     next_reconcile = loop.time() + self.config.reconcile
@@ -433,7 +553,13 @@ class Agent:
 
     async def _reconcile(self, bus: Bus) -> None:
         """Compare with the snapshot on a timer: catches anything missed, retries a switch that failed."""
-        snapshot = await bus.snapshot()
+        snapshot = await self._read_snapshot(bus)
+        if snapshot is None:
+            await self.ack(bus)
+            return
+        if "session" in self.errors:  # a whole reconcile interval without the session failing again
+            log.info("the session has run a reconcile interval without failing: %s cleared", self.errors["session"])
+            del self.errors["session"]
         batch = _Batch()
         if snapshot.epoch == self.epoch and snapshot.revision > self.revision and bus.pending():
             return  # behind only by what has arrived already (a burst): the next batch closes it or shows the gap
@@ -489,6 +615,10 @@ class Agent:
                 cause = "stopped"
             except CONNECTION_ERRORS as err:
                 cause = describe(err)
+            except Exception as err:  # a bug or an input nobody foresaw ends this session, never the process
+                cause = f"unexpected {type(err).__name__}: {err}"
+                log.error("the Redis session failed: %s", cause, exc_info=err)
+                self.errors["session"] = f"the session failed and was restarted ({cause})"
             finally:
                 self.connected = False
                 with contextlib.suppress(asyncio.TimeoutError):

@@ -86,7 +86,8 @@ class SharedFiles:
         self.host = host
         self._env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
         self._compiled: dict[str, tuple[tuple[int, int], Template | None, str]] = {}
-        self.errors: dict[str, str] = {}  # template name → why it failed last time
+        self.errors: dict[str, str] = {}  # template name → why it failed to render last time
+        self.write_errors: dict[str, str] = {}  # template name → why its output could not be written last time
 
     def ensure_dir(self) -> None:
         self.shared_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,8 @@ class SharedFiles:
         return found
 
     def render(self, data: dict[str, Any], release: ReleaseInfo | None, revision: int) -> dict[str, str]:
-        """Render every template atomically; a failing one keeps its last output. Returns the failures."""
+        """Render every template atomically; a failing one keeps its last output. Returns the render failures;
+        outputs the filesystem refused to take are in write_errors (a write to retry, not a template's fault)."""
         context = {
             "data": data,
             "release": {"id": release.id, "label": release.label} if release else {"id": "", "label": ""},
@@ -153,21 +155,28 @@ class SharedFiles:
             "revision": revision,
         }
         errors: dict[str, str] = {}
+        write_errors: dict[str, str] = {}
         for name, (template, problem) in sorted(self._templates().items()):
             target = name[: -len(TEMPLATE_SUFFIX)]
             if template is None:
                 errors[name] = problem
             else:
                 try:
-                    replace_file(self.shared_dir / target, template.render(context).encode())
-                    continue
+                    output = template.render(context).encode()
                 except Exception as err:  # a template can raise anything; none may stop the agent
                     errors[name] = f"{type(err).__name__}: {err}"
+                else:
+                    try:
+                        replace_file(self.shared_dir / target, output)
+                    except OSError as err:
+                        write_errors[name] = f"cannot write {self.shared_dir / target}: {err}"
+                    continue
             if self.errors.get(name) != errors[name]:
                 log.error("template %s failed, %s keeps its previous output: %s", name, target, errors[name])
         for name in set(self.errors) - set(errors):
             log.info("template %s renders again", name)
         self.errors = errors
+        self.write_errors = write_errors
         return errors
 
     def error_summary(self) -> str:

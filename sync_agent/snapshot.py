@@ -8,13 +8,12 @@ reading is written once.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .errors import ProtocolError
-from .protocol import Desired, Keys, validate_data_key
+from .errors import ProtocolError, SnapshotRefused
+from .protocol import MAX_ID_LENGTH, MAX_KEY_LENGTH, Desired, Keys, load_json, validate_data_key
 
 log = logging.getLogger(__name__)
 
@@ -51,35 +50,53 @@ def queue_snapshot(pipe: Pipeline, keys: Keys) -> None:
 
 
 def _text(value: bytes | str | None) -> str | None:
+    """Decode a reply strictly: bytes that are not UTF-8 raise UnicodeDecodeError (a ProtocolError to callers)."""
     if value is None:
         return None
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _head(epoch: bytes | str | None, revision: bytes | str | None) -> tuple[str | None, int]:
+    """The snapshot's epoch and revision, or SnapshotRefused: without them nothing in it can be ordered."""
+    try:
+        epoch_text = _text(epoch)
+        revision_text = _text(revision)
+        number = int(revision_text) if revision_text is not None else 0
+    except ValueError as err:  # UnicodeDecodeError included
+        raise SnapshotRefused(f"the store's revision {revision!r:.60} or epoch {epoch!r:.60} cannot be read: "
+                              f"{err}") from err
+    if epoch_text is not None and (not epoch_text or len(epoch_text) > MAX_ID_LENGTH):
+        raise SnapshotRefused(f"the store's epoch {epoch_text[:70]!r} is not a valid epoch")
+    if number < 0:
+        raise SnapshotRefused(f"the store's revision {number} is negative")
+    return epoch_text, number
+
+
+def _printable(raw: bytes | str) -> str:
+    return raw.decode(errors="backslashreplace") if isinstance(raw, bytes) else raw
+
+
 def parse_snapshot(results: list[Any]) -> Snapshot:
-    """Build a Snapshot from the results of queue_snapshot; skip (and name) values that fail validation."""
+    """Build a Snapshot from the results of queue_snapshot.
+
+    A data key or value that fails validation — any way it can fail — is skipped and named in bad_keys, the
+    rest applies; an epoch or revision that cannot be read refuses the whole snapshot (SnapshotRefused)."""
     epoch, revision, raw_data, raw_desired = results[:4]
+    epoch_text, number = _head(epoch, revision)
     data: dict[str, Any] = {}
     bad: list[str] = []
     for raw_key, raw_value in raw_data.items():
-        key = _text(raw_key) or ""
         try:
-            validate_data_key(key)
-            data[key] = json.loads(_text(raw_value) or "null")
-        except (ProtocolError, json.JSONDecodeError) as err:
-            log.warning("skipping data key %r from the snapshot: %s", key, err)
-            bad.append(key)
-    desired_hash = {_text(k) or "": _text(v) or "" for k, v in raw_desired.items()}
+            key = validate_data_key(_text(raw_key))
+            data[key] = load_json(raw_value if raw_value is not None else b"null")
+        except (ProtocolError, ValueError) as err:
+            name = _printable(raw_key)[:MAX_KEY_LENGTH]
+            log.warning("skipping data key %r from the snapshot: %s", name, err)
+            bad.append(name)
     try:
-        desired = Desired.from_hash(desired_hash)
-    except ProtocolError as err:
+        desired = Desired.from_hash({_text(k) or "": _text(v) or "" for k, v in raw_desired.items()})
+    except (ProtocolError, ValueError) as err:
         log.warning("skipping the desired release from the snapshot: %s", err)
         desired = Desired()
         bad.append("desired")
-    return Snapshot(
-        epoch=_text(epoch),
-        revision=int(_text(revision) or 0),
-        data=data,
-        desired=desired,
-        bad_keys=tuple(bad),
-    )
+    return Snapshot(epoch=epoch_text, revision=number, data=data, desired=desired, bad_keys=tuple(bad))

@@ -362,7 +362,15 @@ def _event(epoch: str, rev: int, **body: object) -> str:
 
 BAD_MESSAGES = {
     "wrong schema": (lambda e, r: _event(e, r, type="data", op="set", value=1), "data key"),
-    "not json": (lambda e, r: "{nope", "message is not JSON"),
+    "not json": (lambda e, r: "{nope", "not valid JSON"),
+    "990 levels deep": (lambda e, r: _event(e, r, type="data", op="set", key="deep", value=0).replace(
+        '"value": 0', '"value": ' + "[" * 990 + "]" * 990), "nested deeper than"),
+    "NaN": (lambda e, r: _event(e, r, type="data", op="set", key="n", value=float("nan")), "NaN is not a finite"),
+    "1e999": (lambda e, r: _event(e, r, type="data", op="set", key="n", value=0).replace('"value": 0',
+                                                                                      '"value": 1e999'),
+              "not a finite number"),
+    "not UTF-8": (lambda e, r: _event(e, r, type="data", op="set", key="u", value="x").encode().replace(
+        b'"x"', b'"\xff\xfe"'), "utf-8"),
     "oversize": (lambda e, r: _event(e, r, type="data", op="set", key="big", value="x" * (1024 * 1024 + 10)),
                  "over the limit"),
     "unknown type": (lambda e, r: _event(e, r, type="nuke"), "unknown message type 'nuke'"),
