@@ -282,13 +282,16 @@ class Agent:
         """Apply a batch in revision order, resyncing on a gap or a new epoch, then write the files once.
         Returns how many changes it applied."""
         batch = _Batch()
-        self.batches += 1
         probe_channel = bus.probe_channel
         had_error = self.errors.get("message")
+        counted = False
         for channel, raw in items:
             if channel == probe_channel:
                 self._probes.returned(raw)
                 continue
+            if not counted:  # a batch of events (probes coming home alone are not one)
+                self.batches += 1
+                counted = True
             try:
                 message = parse_message(raw)
             except Exception as err:  # whatever the input makes the parser raise, it is bad input, never fatal

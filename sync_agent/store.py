@@ -23,10 +23,13 @@ from typing import Any
 
 import redis
 
-from .errors import FrontfleetError, StoreUnavailable, UsageError
+from .errors import FrontfleetError, ProtocolError, StoreUnavailable, UsageError
 from .protocol import (
+    MAX_DATA_BYTES,
+    MAX_DATA_KEYS,
     Desired,
     Keys,
+    load_json,
     validate_data_key,
     validate_host,
     validate_json_value,
@@ -77,6 +80,15 @@ def release_metadata(label: str, **extra: Any) -> dict[str, Any]:
     return {"label": label, "who": who, "when": datetime.now(UTC).isoformat(timespec="seconds"), **extra}
 
 
+def _stored_value(key: str, raw: str) -> Any:
+    """A stored value as agents read it; one they refuse (written around the publisher) is named, not a traceback."""
+    try:
+        return load_json(raw)
+    except ProtocolError as err:
+        raise FrontfleetError(f"data key {key!r} holds a value agents refuse ({err}); set it again or delete it "
+                              "(data del)") from err
+
+
 @dataclass(frozen=True)
 class Change:
     """What a publish did: the store's epoch and the revision it got."""
@@ -123,6 +135,8 @@ class Store:
             message = str(err)
             if message.startswith("NOHISTORY"):
                 raise UsageError(message.removeprefix("NOHISTORY ")) from err
+            if message.startswith("LIMIT"):
+                raise ProtocolError(f"value refused: {message.removeprefix('LIMIT ')}") from err
             if "NOPERM" in message or "no permissions" in message:
                 raise StoreUnavailable(f"Redis refused the publisher: {message}; check the ACL user") from err
             raise FrontfleetError(f"Redis refused the change: {message}") from err
@@ -131,27 +145,29 @@ class Store:
 
     # --- shared data --------------------------------------------------------------------------
 
-    def data_set(self, key: str, value_json: str) -> Change:
-        value = validate_json_value(value_json)
-        result = self._run(self._data_script, [*self._head(), self.keys.data],
-                           [*self._args(), "set", validate_data_key(key), value])
+    def _data(self, op: str, key: str, value: str) -> Change:
+        result = self._run(self._data_script, [*self._head(), self.keys.data, self.keys.data_bytes],
+                           [*self._args(), op, validate_data_key(key), value, str(MAX_DATA_KEYS),
+                            str(MAX_DATA_BYTES)])
         return Change(result[0], int(result[1]))
+
+    def data_set(self, key: str, value_json: str) -> Change:
+        """Set a key; a value agents could not serve, or one over the data set's caps, is refused (exit 2)."""
+        return self._data("set", key, validate_json_value(value_json))
 
     def data_del(self, key: str) -> Change:
         """Delete a key; revision 0 in the result means it was not set (nothing changed)."""
-        result = self._run(self._data_script, [*self._head(), self.keys.data],
-                           [*self._args(), "del", validate_data_key(key), ""])
-        return Change(result[0], int(result[1]))
+        return self._data("del", key, "")
 
     def data_get(self, key: str) -> Any:
         raw = self.call(self.client.hget, self.keys.data, validate_data_key(key))
         if raw is None:
             raise UsageError(f"no data key {key!r}; `data list` shows the keys that are set")
-        return json.loads(raw)
+        return _stored_value(key, raw)
 
     def data_list(self) -> dict[str, Any]:
         raw = self.call(self.client.hgetall, self.keys.data)
-        return {k: json.loads(v) for k, v in sorted(raw.items())}
+        return {k: _stored_value(k, v) for k, v in sorted(raw.items())}
 
     # --- releases -----------------------------------------------------------------------------
 
