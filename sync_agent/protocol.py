@@ -159,11 +159,6 @@ class Keys:
         return f"{self.namespace}:data"
 
     @property
-    def data_bytes(self) -> str:
-        """Integer: key + value bytes of the data hash, kept by lua/data.lua for the MAX_DATA_BYTES cap."""
-        return f"{self.namespace}:data:bytes"
-
-    @property
     def desired(self) -> str:
         """Hash: field "fleet" is the fleet-wide release, "host:<name>" a per-host override."""
         return f"{self.namespace}:desired"

@@ -146,7 +146,7 @@ class Store:
     # --- shared data --------------------------------------------------------------------------
 
     def _data(self, op: str, key: str, value: str) -> Change:
-        result = self._run(self._data_script, [*self._head(), self.keys.data, self.keys.data_bytes],
+        result = self._run(self._data_script, [*self._head(), self.keys.data],
                            [*self._args(), op, validate_data_key(key), value, str(MAX_DATA_KEYS),
                             str(MAX_DATA_BYTES)])
         return Change(result[0], int(result[1]))
