@@ -255,6 +255,12 @@ def test_data_commands_reach_every_host_and_answer_in_json(deployed: Deployment)
     assert missing.returncode == 2 and "no data key 'banner'" in missing.stderr
     bad = deployed.fab("data-set", "banner", "{not json")
     assert bad.returncode == 2 and "banner" not in fab_json(deployed, "data-list")
+    # What agents could not serve is refused by fab itself, each naming its limit (docs/protocol.md, "Limits").
+    for hostile, said in (("[" * 990 + "]" * 990, "nested deeper than 32 levels"),
+                          ("NaN", "NaN is not a finite number"), ("1e999", "not a finite number")):
+        refused = deployed.fab("data-set", "banner", hostile)
+        assert refused.returncode == 2 and said in refused.stderr and "Traceback" not in refused.stderr, said
+    assert "banner" not in fab_json(deployed, "data-list")
 
 
 def test_lock_force_breaks_a_stale_lock_and_names_its_holder(deployed: Deployment, builds: Builds) -> None:

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from sync_agent.manifest import build_manifest
-from sync_agent.protocol import Keys, agent_acl_rules, agent_user
+from sync_agent.protocol import PUBLISHER_USER, Keys, agent_acl_rules, agent_user, publisher_acl_rules
 from sync_agent.staging import receive_stream, write_stream
 from sync_agent.store import Store
 
@@ -327,3 +327,15 @@ def proxy(fresh_redis: Any) -> Iterator[FreezingProxy]:
         yield tcp
     finally:
         tcp.close()
+
+
+@pytest.fixture
+def publisher_env(fresh_redis, tmp_path):
+    """The publisher's ACL user, its password in a file, and the environment a user would set."""
+    fresh_redis.client().execute_command("ACL", "SETUSER", PUBLISHER_USER, "on", ">s3cret",
+                                         *publisher_acl_rules(Keys("ff")))
+    password_file = tmp_path / "publisher.password"
+    password_file.write_text("s3cret\n")
+    return {"FRONTFLEET_REDIS_URL": f"redis://{PUBLISHER_USER}@{fresh_redis.host}:{fresh_redis.port}/0",
+            "FRONTFLEET_REDIS_PASSWORD_FILE": str(password_file), "FRONTFLEET_NAMESPACE": "ff",
+            "PATH": "/usr/bin:/bin"}

@@ -11,23 +11,10 @@ import pytest
 
 from sync_agent.errors import EXIT_LOCKED, EXIT_UNAVAILABLE, EXIT_UNHEALTHY, EXIT_USAGE
 from sync_agent.lock import DeployLock
-from sync_agent.protocol import PUBLISHER_USER, Keys, publisher_acl_rules
 
 pytestmark = pytest.mark.integration
 
 SYNC_AGENT = str(Path(sys.executable).with_name("sync-agent"))
-
-
-@pytest.fixture
-def publisher_env(fresh_redis, tmp_path):
-    """The publisher's ACL user, its password in a file, and the environment a user would set."""
-    fresh_redis.client().execute_command("ACL", "SETUSER", PUBLISHER_USER, "on", ">s3cret",
-                                         *publisher_acl_rules(Keys("ff")))
-    password_file = tmp_path / "publisher.password"
-    password_file.write_text("s3cret\n")
-    return {"FRONTFLEET_REDIS_URL": f"redis://{PUBLISHER_USER}@{fresh_redis.host}:{fresh_redis.port}/0",
-            "FRONTFLEET_REDIS_PASSWORD_FILE": str(password_file), "FRONTFLEET_NAMESPACE": "ff",
-            "PATH": "/usr/bin:/bin"}
 
 
 def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

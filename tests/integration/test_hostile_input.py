@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sync_agent.errors import EXIT_USAGE
-from sync_agent.protocol import MAX_DATA_BYTES, MAX_DATA_KEYS, MAX_DEPTH, PUBLISHER_USER, Keys, publisher_acl_rules
+from sync_agent.protocol import MAX_DATA_BYTES, MAX_DATA_KEYS, MAX_DEPTH
 from sync_agent.store import Store
 from tests.integration.conftest import KEYS, eventually
 
@@ -149,17 +149,6 @@ def test_a_write_the_filesystem_refuses_is_degraded_unacknowledged_and_retried(f
 
 
 # --- the publisher refuses what agents could not serve ------------------------------------------------------
-
-@pytest.fixture
-def publisher_env(fresh_redis, tmp_path):
-    fresh_redis.client().execute_command("ACL", "SETUSER", PUBLISHER_USER, "on", ">s3cret",
-                                         *publisher_acl_rules(Keys("ff")))
-    password_file = tmp_path / "publisher.password"
-    password_file.write_text("s3cret\n")
-    return {"FRONTFLEET_REDIS_URL": f"redis://{PUBLISHER_USER}@{fresh_redis.host}:{fresh_redis.port}/0",
-            "FRONTFLEET_REDIS_PASSWORD_FILE": str(password_file), "FRONTFLEET_NAMESPACE": "ff",
-            "PATH": "/usr/bin:/bin"}
-
 
 @pytest.mark.parametrize(("value", "said"), [
     ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), f"nested deeper than {MAX_DEPTH} levels"),
