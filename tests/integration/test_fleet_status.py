@@ -15,11 +15,9 @@ from sync_agent.hoststatus import fleet_view
 from sync_agent.protocol import HostStatus
 from sync_agent.store import Change, Store
 from tests.conftest import RedisServer
-from tests.integration.test_cli_control import publisher_env, run
+from tests.integration.test_cli_control import run
 
 pytestmark = pytest.mark.integration
-
-__all__ = ["publisher_env"]  # the fixture, shared with the other CLI tests
 
 WRITE_FAILED = "cannot write /srv/app/shared/data.json: [Errno 28] No space left on device"
 
@@ -33,23 +31,24 @@ def report(store: Store, host: str, change: Change, state: str, error: str = "")
 
 def test_a_degraded_host_exits_5_and_shows_the_agents_error_until_it_is_ready(publisher_env: dict[str, str],
                                                                              fresh_redis: RedisServer) -> None:
-    store = Store(fresh_redis.client(), "ff")
-    change = store.activate("rel-a")
-    report(store, "web1", change, "ready")
-    report(store, "web2", change, "degraded", WRITE_FAILED)
+    with fresh_redis.client() as client:
+        store = Store(client, "ff")
+        change = store.activate("rel-a")
+        report(store, "web1", change, "ready")
+        report(store, "web2", change, "degraded", WRITE_FAILED)
 
-    views = {v.host: v for v in fleet_view(store, ["web1", "web2"])}
-    assert views["web1"].healthy and not views["web2"].healthy
-    assert views["web2"].problem == f"degraded: {WRITE_FAILED}"
+        views = {v.host: v for v in fleet_view(store, ["web1", "web2"])}
+        assert views["web1"].healthy and not views["web2"].healthy
+        assert views["web2"].problem == f"degraded: {WRITE_FAILED}"
 
-    result = run("fleet", "--hosts", "web1,web2", "--json", env=publisher_env)
-    assert result.returncode == EXIT_UNHEALTHY
-    rows = {row["host"]: row for row in json.loads(result.stdout)}
-    assert (rows["web1"]["healthy"], rows["web2"]["healthy"]) == (True, False)
-    assert WRITE_FAILED in rows["web2"]["problem"]
-    text = run("fleet", "--hosts", "web1,web2", env=publisher_env)
-    web2 = next(line for line in text.stdout.splitlines() if line.startswith("web2"))
-    assert text.returncode == EXIT_UNHEALTHY and "degraded" in web2 and "No space left on device" in web2
+        result = run("fleet", "--hosts", "web1,web2", "--json", env=publisher_env)
+        assert result.returncode == EXIT_UNHEALTHY
+        rows = {row["host"]: row for row in json.loads(result.stdout)}
+        assert (rows["web1"]["healthy"], rows["web2"]["healthy"]) == (True, False)
+        assert WRITE_FAILED in rows["web2"]["problem"]
+        text = run("fleet", "--hosts", "web1,web2", env=publisher_env)
+        web2 = next(line for line in text.stdout.splitlines() if line.startswith("web2"))
+        assert text.returncode == EXIT_UNHEALTHY and "degraded" in web2 and "No space left on device" in web2
 
-    report(store, "web2", change, "ready")
-    assert run("fleet", "--hosts", "web1,web2", env=publisher_env).returncode == EXIT_OK
+        report(store, "web2", change, "ready")
+        assert run("fleet", "--hosts", "web1,web2", env=publisher_env).returncode == EXIT_OK
