@@ -30,6 +30,7 @@ from typing import Any
 from . import __version__
 from .bus import CONNECTION_ERRORS, Backoff, Bus, ConnectionLost, describe
 from .config import AgentConfig, load_config
+from .decisions import Verdict, judge_event, snapshot_is_news
 from .errors import EXIT_FAILURE, EXIT_OK, ConfigError, FrontfleetError, SnapshotRefused
 from .notify import Notifier, watchdog_interval
 from .protocol import Desired, HostStatus, Message, parse_message
@@ -297,13 +298,12 @@ class Agent:
             except Exception as err:  # whatever the input makes the parser raise, it is bad input, never fatal
                 self._bad_input(f"a bad message on {channel.decode(errors='replace')}", err)
                 continue
-            if message.epoch == self.epoch and message.revision <= self.revision:
-                log.debug("skipped duplicate revision %d (applied %d)", message.revision, self.revision)
-            elif message.epoch == self.epoch and message.revision == self.revision + 1:
+            verdict = judge_event(self.epoch, self.revision, message.epoch, message.revision, batch.snapshot_read)
+            if verdict is Verdict.APPLY:
                 self._apply_message(message, batch)
-            elif batch.snapshot_read:
-                # Everything in this batch arrived before that snapshot was read, so it holds every real change
-                # of the batch: what still does not follow on is stale or forged. One read per batch, at most.
+            elif verdict is Verdict.DUPLICATE:
+                log.debug("skipped duplicate revision %d (applied %d)", message.revision, self.revision)
+            elif verdict is Verdict.IGNORE:
                 log.debug("ignored event of epoch %s revision %d after this batch's resync", message.epoch,
                           message.revision)
             elif message.epoch != self.epoch:
@@ -342,7 +342,7 @@ class Agent:
         if snapshot is None:
             batch.resynced = True  # the refusal shows in the status
             return
-        if not snapshot.empty and (snapshot.epoch, snapshot.revision) == (self.epoch, self.revision):
+        if not snapshot_is_news(self.epoch, self.revision, snapshot.epoch, snapshot.revision):
             log.debug("a stale message (%s); the store is where this host is", why)
             return
         self._apply_snapshot(snapshot, batch, why)
