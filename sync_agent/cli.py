@@ -442,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for acknowledgements")
     _json_option(p)
 
-    p = add("fleet", cmd_fleet, "the status of every host; exit 5 while any is silent or lagging")
+    p = add("fleet", cmd_fleet, "the status of every host; exit 5 while any is silent, lagging or degraded")
     p.add_argument("--hosts", required=True, help="comma-separated inventory hostnames")
     _control_options(p)
     _json_option(p)

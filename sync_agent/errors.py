@@ -13,7 +13,7 @@ EXIT_FAILURE = 1  # the operation ran and failed (a host lagged, a rollout rolle
 EXIT_USAGE = 2  # bad input: arguments, configuration, a manifest or stream
 EXIT_UNAVAILABLE = 3  # Redis or a host could not be reached
 EXIT_LOCKED = 4  # another operation holds the deploy lock
-EXIT_UNHEALTHY = 5  # `fleet`/`status`: a host is silent or lagging
+EXIT_UNHEALTHY = 5  # `fleet`/`status`: a host is silent, lagging or degraded
 
 
 class FrontfleetError(Exception):

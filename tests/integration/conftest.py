@@ -332,8 +332,8 @@ def proxy(fresh_redis: Any) -> Iterator[FreezingProxy]:
 @pytest.fixture
 def publisher_env(fresh_redis, tmp_path):
     """The publisher's ACL user, its password in a file, and the environment a user would set."""
-    fresh_redis.client().execute_command("ACL", "SETUSER", PUBLISHER_USER, "on", ">s3cret",
-                                         *publisher_acl_rules(Keys("ff")))
+    with fresh_redis.client() as admin:
+        admin.execute_command("ACL", "SETUSER", PUBLISHER_USER, "on", ">s3cret", *publisher_acl_rules(Keys("ff")))
     password_file = tmp_path / "publisher.password"
     password_file.write_text("s3cret\n")
     return {"FRONTFLEET_REDIS_URL": f"redis://{PUBLISHER_USER}@{fresh_redis.host}:{fresh_redis.port}/0",
