@@ -68,7 +68,7 @@ class AgentConfig:
     heartbeat: float = 5.0
     reconcile: float = 30.0
     probe: float = 5.0
-    probe_timeout: float = 10.0
+    probe_timeout: float = 10.0  # unless set: twice the probe interval, at least 1 s
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
 
@@ -79,6 +79,11 @@ class AgentConfig:
     @property
     def log_level_number(self) -> int:
         return int(getattr(logging, self.log_level.upper()))
+
+
+def _default(name: str) -> Any:
+    """A setting's default, written once: in AgentConfig above."""
+    return AgentConfig.__dataclass_fields__[name].default
 
 
 def _check_type(name: str, value: Any, kind: type | tuple[type, ...]) -> None:
@@ -120,7 +125,7 @@ def parse_config(body: dict[str, Any], source: str = "config") -> AgentConfig:
         host = validate_host(values["agent.host"])
     except ProtocolError as err:
         raise ConfigError(f"{source}: agent.host: {err}") from err
-    namespace = values.get("agent.namespace", "frontfleet")
+    namespace = values.get("agent.namespace", _default("namespace"))
     try:
         validate_namespace(namespace)
     except ProtocolError as err:
@@ -131,7 +136,7 @@ def parse_config(body: dict[str, Any], source: str = "config") -> AgentConfig:
     templates = values.get("agent.templates_dir")
     if templates is not None and not Path(templates).is_absolute():
         raise ConfigError(f"{source}: agent.templates_dir must be an absolute path, got {templates!r}")
-    level = values.get("agent.log_level", "info").lower()
+    level = values.get("agent.log_level", _default("log_level")).lower()
     if level not in LOG_LEVELS:
         raise ConfigError(f"{source}: agent.log_level must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
 
@@ -163,12 +168,12 @@ def parse_config(body: dict[str, Any], source: str = "config") -> AgentConfig:
 
     seconds = {key: _positive(f"{source}: {key}", values[key]) for key in values
                if key.startswith("intervals.") or key.endswith("_timeout")}
-    reconnect_min = seconds.get("intervals.reconnect_min", 0.5)
-    reconnect_max = seconds.get("intervals.reconnect_max", 30.0)
+    reconnect_min = seconds.get("intervals.reconnect_min", _default("reconnect_min"))
+    reconnect_max = seconds.get("intervals.reconnect_max", _default("reconnect_max"))
     if reconnect_max < reconnect_min:
         raise ConfigError(f"{source}: intervals.reconnect_max ({reconnect_max}) is below "
                           f"intervals.reconnect_min ({reconnect_min})")
-    probe = seconds.get("intervals.probe", 5.0)
+    probe = seconds.get("intervals.probe", _default("probe"))
     probe_timeout = seconds.get("intervals.probe_timeout", max(2 * probe, 1.0))
     return AgentConfig(
         host=host,
@@ -180,10 +185,10 @@ def parse_config(body: dict[str, Any], source: str = "config") -> AgentConfig:
         username=username,
         password=password,
         ca_file=ca_file,
-        connect_timeout=seconds.get("redis.connect_timeout", 5.0),
-        command_timeout=seconds.get("redis.command_timeout", 5.0),
-        heartbeat=seconds.get("intervals.heartbeat", 5.0),
-        reconcile=seconds.get("intervals.reconcile", 30.0),
+        connect_timeout=seconds.get("redis.connect_timeout", _default("connect_timeout")),
+        command_timeout=seconds.get("redis.command_timeout", _default("command_timeout")),
+        heartbeat=seconds.get("intervals.heartbeat", _default("heartbeat")),
+        reconcile=seconds.get("intervals.reconcile", _default("reconcile")),
         probe=probe,
         probe_timeout=probe_timeout,
         reconnect_min=reconnect_min,
