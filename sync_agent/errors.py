@@ -7,6 +7,10 @@ traceback.
 
 from __future__ import annotations
 
+import os
+
+_MIB = 1024 * 1024
+
 # Exit codes, in one place (the CLI and the Fabric tasks use them).
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the operation ran and failed (a host lagged, a rollout rolled back)
@@ -46,6 +50,18 @@ class ManifestError(UsageError):
 
 class ReleaseNotStaged(FrontfleetError):
     """A release that is not staged and verified cannot be switched to."""
+
+
+class NotEnoughSpace(FrontfleetError):
+    """The releases filesystem has less room than the content a host lacks needs; nothing was sent."""
+
+    def __init__(self, directory: str | os.PathLike[str], needed: int, free: int, what: str = "space") -> None:
+        if what == "space":
+            detail = f"needs {needed / _MIB:.1f} MiB, {free / _MIB:.1f} MiB free"
+        else:
+            detail = f"needs {needed} {what}, {free} free"
+        super().__init__(f"not enough {what} in {directory}: {detail}; free some (`fab prune --keep 1`) or grow it")
+        self.needed, self.free = needed, free
 
 
 class StoreUnavailable(FrontfleetError):

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from .errors import FrontfleetError, ManifestError
+from .errors import ManifestError, NotEnoughSpace
 from .fsutil import StrPath, atomic_write, syncfs
 from .manifest import CHUNK_SIZE, Entry, Manifest, check_path
 from .protocol import validate_release_id
@@ -58,18 +58,6 @@ PARTIAL_SUFFIX = ".partial"
 # (btrfs, tmpfs), and a margin so that staging never leaves the agent without a page for data.json.
 SPACE_MARGIN_BYTES = 4 * 1024 * 1024
 MIB = 1024 * 1024
-
-
-class NotEnoughSpace(FrontfleetError):
-    """The releases filesystem has less room than the content a host lacks needs; nothing was sent."""
-
-    def __init__(self, directory: StrPath, needed: int, free: int, what: str = "space") -> None:
-        if what == "space":
-            detail = f"needs {needed / MIB:.1f} MiB, {free / MIB:.1f} MiB free"
-        else:
-            detail = f"needs {needed} {what}, {free} free"
-        super().__init__(f"not enough {what} in {directory}: {detail}; free some (`fab prune --keep 1`) or grow it")
-        self.needed, self.free = needed, free
 
 
 @dataclass(frozen=True)
