@@ -37,32 +37,21 @@ def _run(json_out: bool, action: Callable[[control.Session], tuple[Any, str]], i
 
 @task(help={"build": "the build folder, e.g. dist/", "label": "release label (default: git describe)",
             "canary": "switch this many hosts first", "timeout": "seconds to wait for acknowledgements",
+            "check": "say what would be sent and switched; change nothing",
             "json": "print JSON", "inventory": "Ansible inventory (default: $ANSIBLE_INVENTORY or ansible.cfg's)"})
-def rollout(c, build, label=None, canary=0, timeout=30.0, json=False, inventory=None):
+def rollout(c, build, label=None, canary=0, timeout=30.0, check=False, json=False, inventory=None):
     """Stage a build on every web host (only what each lacks), then switch the whole fleet to it at once."""
-    progress = None if json or not sys.stdout.isatty() else RichProgress()
+    progress = None if json or check or not sys.stdout.isatty() else RichProgress()
 
     def act(s: control.Session) -> tuple[Any, str]:
         with progress or nullcontext():
             result = control.rollout(s, Path(build), label=label, canary=int(canary), timeout=float(timeout),
-                                     progress=progress)
+                                     check=bool(check), progress=progress)
         if progress:
             progress.summary(result)
-        return result.to_json(), _rollout_text(result)
+        return result.to_json(), result.to_text()
 
     _run(json, act, inventory)
-
-
-def _rollout_text(result: control.RolloutResult) -> str:
-    if not result.changed:
-        return f"{result.release} is already live everywhere; nothing sent, nothing switched"
-    lines = [f"rolled out {result.release} (previous: {result.previous or 'none'}) at revision {result.revision}"]
-    for host, staged in sorted(result.staged.items()):
-        sent = "already staged" if staged.already_staged else f"{staged.files_sent} file(s), {staged.bytes_sent} bytes"
-        lines.append(f"  {host}: {sent}")
-    if result.skew_ns is not None:
-        lines.append(f"cutover skew: {result.skew_ns / 1e6:.2f} ms")
-    return "\n".join(lines)
 
 
 @task(help={"to": "a staged release to go to (default: one step back)", "json": "print JSON",

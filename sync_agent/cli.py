@@ -279,12 +279,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
             result = rollout(s, Path(args.build), label=args.label, canary=args.canary, timeout=args.timeout,
                              check=args.check)
             new_hosts: list[str] = []
-            data = result.to_json()
-            text = (f"{'would roll out' if args.check else 'rolled out'} {result.release}" if result.changed
-                    else f"{result.release} is already live everywhere; nothing sent, nothing switched")
-            for host, staged in sorted(result.staged.items()):
-                text += (f"\n  {host}: " + ("already staged" if staged.already_staged else
-                                              f"{staged.files_sent} file(s), {staged.bytes_sent} bytes sent"))
+            data, text = result.to_json(), result.to_text()
         else:
             new_hosts = sync_new_hosts(s, timeout=args.timeout, check=args.check)
             data = {"changed": bool(new_hosts), "hosts": new_hosts, "check_mode": args.check}

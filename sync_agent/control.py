@@ -80,6 +80,23 @@ class RolloutResult:
     def changed(self) -> bool:
         return self.switched or any(not s.already_staged for s in self.staged.values())
 
+    def to_text(self) -> str:
+        """The one human summary of a rollout, printed by `fab rollout` and `sync-agent rollout` alike."""
+        if not self.changed:
+            return f"{self.release} is already live everywhere; nothing sent, nothing switched"
+        if self.checked:
+            lines = [f"would roll out {self.release} (now: {self.previous or 'none'}); nothing was sent or switched"]
+        else:
+            lines = [f"rolled out {self.release} (previous: {self.previous or 'none'}) at revision {self.revision}"]
+        for host, staged in sorted(self.staged.items()):
+            verb = "would send" if self.checked else "sent"
+            sent = ("already staged" if staged.already_staged
+                    else f"{verb} {staged.files_sent} file(s), {staged.bytes_sent} bytes")
+            lines.append(f"  {host}: {sent}")
+        if self.skew_ns is not None:
+            lines.append(f"cutover skew: {self.skew_ns / 1e6:.2f} ms")
+        return "\n".join(lines)
+
     def to_json(self) -> dict[str, Any]:
         return {"release": self.release, "previous": self.previous, "changed": self.changed,
                 "switched": self.switched, "revision": self.revision, "skew_ns": self.skew_ns,

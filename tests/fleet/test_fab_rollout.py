@@ -75,6 +75,19 @@ def test_rollout_of_a_then_b_makes_every_host_serve_b(deployed: Deployment, buil
     print_skew(capsys, "rollout of B (3 hosts)", second)
 
 
+def test_rollout_check_says_what_would_be_sent_and_changes_nothing(
+        deployed: Deployment, builds: Builds, a_then_b: tuple[dict[str, Any], dict[str, Any]],
+        tmp_path: Path) -> None:
+    unseen = Builds.create(tmp_path, "check").a
+    before = {host: releases_on_disk(deployed, host) for host in deployed.web_hosts}
+    result = deployed.fab("rollout", "--build", str(unseen), "--check")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"would roll out {release_id(deployed, unseen)}")
+    assert all(f"  {host}: would send " in result.stdout for host in deployed.web_hosts)
+    assert {host: releases_on_disk(deployed, host) for host in deployed.web_hosts} == before
+    assert_fleet_serves(deployed, builds.b)
+
+
 def test_the_next_build_sends_only_its_changed_files(builds: Builds,
                                                     a_then_b: tuple[dict[str, Any], dict[str, Any]]) -> None:
     first, second = a_then_b
@@ -330,5 +343,5 @@ def test_rollout_shows_a_bar_per_host_on_a_terminal_and_plain_lines_otherwise(de
     assert result.returncode == 0
     assert "━" not in result.stdout and "\x1b[" not in result.stdout
     assert result.stdout.splitlines()[0].startswith(f"rolled out {release_id(deployed, piped)}")
-    assert all(f"  {host}: 27 file(s)" in result.stdout for host in deployed.web_hosts)
+    assert all(f"  {host}: sent 27 file(s)" in result.stdout for host in deployed.web_hosts)
     assert result.stderr == ""
