@@ -27,10 +27,17 @@ BootFleet = Callable[..., Fleet]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Give the first fleet test the time a first-ever base build needs; the others keep the default."""
+    """Give the first fleet test the time a first-ever base build needs; the others keep the default.
+
+    Also when that test has a shorter timeout of its own (a file run alone, e.g. tests/fleet/test_upgrade.py):
+    the marker goes first, as pytest-timeout reads the closest one.
+    """
     for item in items:
         if item.get_closest_marker("fleet") is not None:
-            item.add_marker(pytest.mark.timeout(FIRST_FLEET_TEST_TIMEOUT))
+            own = item.get_closest_marker("timeout")
+            seconds = (own.args[0] if own.args else own.kwargs.get("timeout", 0)) if own else 0
+            if seconds < FIRST_FLEET_TEST_TIMEOUT:
+                item.add_marker(pytest.mark.timeout(FIRST_FLEET_TEST_TIMEOUT), append=False)
             return
 
 

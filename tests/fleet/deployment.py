@@ -29,9 +29,11 @@ class Deployment:
 
     fleet: Fleet
     inventory: Path  # the inventory folder; credentials/ is generated inside it by the roles
+    checkout: Path = REPO  # the frontfleet checkout whose playbooks, fabfile and sync_agent drive the fleet
 
     @classmethod
-    def create(cls, fleet: Fleet, inventory: Path, user: str = "root", **settings: Any) -> Deployment:
+    def create(cls, fleet: Fleet, inventory: Path, user: str = "root", checkout: Path = REPO,
+               **settings: Any) -> Deployment:
         """Write hosts.yml and group_vars/all/vars.yml (each service on its host's own address)."""
         inventory.mkdir(parents=True, exist_ok=True)
         fleet.write_inventory(inventory / "hosts.yml", user=user)
@@ -40,26 +42,32 @@ class Deployment:
         values = {"frontfleet_app": "fleettest", "frontfleet_http_address": "{{ ansible_host }}",
                   "frontfleet_http_port": 80, "sync_agent_heartbeat": 1, "sync_agent_probe": 1, **settings}
         (group_vars / "vars.yml").write_text(yaml.safe_dump(values, sort_keys=True))
-        return cls(fleet, inventory)
+        return cls(fleet, inventory, checkout)
 
     # --- the user's commands ----------------------------------------------------------------------
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "ANSIBLE_INVENTORY": str(self.inventory), "PATH": f"{BIN}:{os.environ['PATH']}",
-                "ANSIBLE_FORCE_COLOR": "0", "PY_COLORS": "0", "NO_COLOR": "1"}
+        """The user's environment; another checkout (an older commit's worktree) goes first on PYTHONPATH, so
+        its own sync_agent — control plane, wheel builder, ACL filter — runs instead of this one's editable
+        install in the venv, as on a controller that still has that version installed."""
+        env = {**os.environ, "ANSIBLE_INVENTORY": str(self.inventory), "PATH": f"{BIN}:{os.environ['PATH']}",
+               "ANSIBLE_FORCE_COLOR": "0", "PY_COLORS": "0", "NO_COLOR": "1"}
+        if self.checkout != REPO:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.checkout), os.environ.get("PYTHONPATH")]))
+        return env
 
     def playbook(self, *args: str, playbook: str = "deploy.yml",
                  timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        """`ansible-playbook <playbook> -i <inventory> ARGS` from the repo root; output printed for the log."""
+        """`ansible-playbook <playbook> -i <inventory> ARGS` from the checkout's root; output printed for the log."""
         result = subprocess.run([str(BIN / "ansible-playbook"), playbook, "-i", str(self.inventory), *args],
-                                cwd=REPO, env=self.env(), capture_output=True, text=True, timeout=timeout)
+                                cwd=self.checkout, env=self.env(), capture_output=True, text=True, timeout=timeout)
         print(result.stdout[-6000:], result.stderr[-3000:], sep="\n")
         return result
 
     def fab(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        """`fab TASK ARGS` from the repo root with ANSIBLE_INVENTORY set to this fleet's inventory."""
-        result = subprocess.run([str(BIN / "fab"), *args], cwd=REPO, env=self.env(), capture_output=True, text=True,
-                                timeout=timeout)
+        """`fab TASK ARGS` from the checkout's root with ANSIBLE_INVENTORY set to this fleet's inventory."""
+        result = subprocess.run([str(BIN / "fab"), *args], cwd=self.checkout, env=self.env(), capture_output=True,
+                                text=True, timeout=timeout)
         print(result.stdout[-6000:], result.stderr[-3000:], sep="\n")
         return result
 
