@@ -284,7 +284,7 @@ class Agent:
         Returns how many changes it applied."""
         batch = _Batch()
         probe_channel = bus.probe_channel
-        had_error = self.errors.get("message")
+        had_error = self.error_text()
         counted = False
         for channel, raw in items:
             if channel == probe_channel:
@@ -316,8 +316,8 @@ class Agent:
                      batch.applied, self.epoch)
         if batch.data or batch.release or batch.resynced:
             await self._flush(bus, batch)
-        elif self.errors.get("message") != had_error:
-            await self.ack(bus)  # a skipped message shows in the status at once
+        elif self.error_text() != had_error:
+            await self.ack(bus)  # a skipped message or a refused snapshot shows in the status at once
             self._tell_systemd()
         return batch.applied
 
@@ -340,8 +340,7 @@ class Agent:
         self.resyncs += 1
         snapshot = await self._read_snapshot(bus)
         if snapshot is None:
-            batch.resynced = True  # the refusal shows in the status
-            return
+            return  # nothing in it applies: the files stay as they are, the refusal shows in the status
         if not snapshot_is_news(self.epoch, self.revision, snapshot.epoch, snapshot.revision):
             log.debug("a stale message (%s); the store is where this host is", why)
             return
@@ -504,8 +503,7 @@ class Agent:
         snapshot = await self._read_snapshot(bus)
         if snapshot is not None:
             self._apply_snapshot(snapshot, batch, "connected")
-        else:
-            batch.resynced = True  # the status shows the refusal; the files stay as they are
+        # else nothing in it applies: the files stay as they are, and the flush below reports the refusal
         self.connected = True
         backoff.reset()
         await self._flush(bus, batch)

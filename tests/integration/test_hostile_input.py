@@ -87,16 +87,23 @@ def test_a_990_deep_value_in_an_event_is_skipped_and_the_next_change_applies(fle
 
 
 def test_a_revision_that_is_not_an_integer_refuses_the_snapshot_and_keeps_what_is_served(fleet):
-    agent = fleet.agent("web1")
+    agent = fleet.agent("web1", templates={"env.js.j2": "window.k = {{ data.get('k') | tojson }};\n"})
     change = fleet.store.data_set("k", '"before"')
     fleet.wait_revision(agent, change.revision)
+    eventually(lambda: (agent.shared / "env.js").read_text() == 'window.k = "before";\n', what="env.js rendered")
     pid = fleet.status("web1")["pid"]
     fleet.admin.set(KEYS.revision, "not-a-number")
     agent.stop()
     agent.start()
     status = _status_says(fleet, "web1", "snapshot refused")
     assert status["state"] == "degraded"
-    assert agent.data() == {"k": "before"}  # what it served stays
+    assert agent.data() == {"k": "before"}  # what it served stays, data.json and the rendered files alike
+    assert (agent.shared / "env.js").read_text() == 'window.k = "before";\n'
+    fleet.admin.publish(KEYS.events, json.dumps({"v": 1, "type": "data", "epoch": "forged", "rev": 1, "op": "set",
+                                                 "key": "k", "value": "forged"}))  # a resync, refused again
+    eventually(lambda: int(fleet.status("web1")["resyncs"]) >= 1, what="the forged event read the snapshot")
+    assert agent.data() == {"k": "before"}
+    assert (agent.shared / "env.js").read_text() == 'window.k = "before";\n'
     fleet.admin.set(KEYS.revision, str(change.revision))  # repaired
     change = fleet.store.data_set("k", '"after"')
     fleet.wait_data(agent, {"k": "after"})
