@@ -86,9 +86,9 @@ def _bounded_int(text: str) -> int | float:
     return int(text)
 
 
-def depth_of(value: Any) -> int:
-    """Nesting depth of a parsed JSON value (a scalar is 0), counted without recursion."""
-    deepest = 0
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """True when a parsed JSON value nests arrays and objects more than limit levels deep (a scalar is 0 levels).
+    Walked without recursion, and it stops at the first path past the limit."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
@@ -98,12 +98,10 @@ def depth_of(value: Any) -> int:
             children = item
         else:
             continue
-        depth += 1
-        deepest = max(deepest, depth)
-        if deepest > MAX_DEPTH + 1:
-            return deepest  # deep enough to refuse: no need to walk the rest
-        stack.extend((child, depth) for child in children)
-    return deepest
+        if depth + 1 > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def load_json(raw: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
@@ -119,7 +117,7 @@ def load_json(raw: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
         raise ProtocolError(f"nested deeper than {max_depth} levels") from err
     except (ValueError, TypeError) as err:  # UnicodeDecodeError is a ValueError
         raise ProtocolError(str(err)) from err
-    if depth_of(value) > max_depth:
+    if nested_deeper_than(value, max_depth):
         raise ProtocolError(f"nested deeper than {max_depth} levels (the limit of a data value)")
     return value
 

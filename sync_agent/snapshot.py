@@ -50,7 +50,8 @@ def queue_snapshot(pipe: Pipeline, keys: Keys) -> None:
 
 
 def _text(value: bytes | str | None) -> str | None:
-    """Decode a reply strictly: bytes that are not UTF-8 raise UnicodeDecodeError (a ProtocolError to callers)."""
+    """Decode a reply strictly: bytes that are not UTF-8 raise UnicodeDecodeError, which the callers here treat as
+    bad input (a skipped key, or a refused snapshot)."""
     if value is None:
         return None
     return value.decode() if isinstance(value, bytes) else value
