@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from typing import Any
 import redis
 
 from sync_agent.protocol import Keys, agent_acl_rules, agent_user
+from tests.servers import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -88,20 +88,6 @@ def write_result(name: str, body: dict[str, Any]) -> Path:
 # --- processes --------------------------------------------------------------------------------------
 
 
-def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 5.0) -> None:
-    """SIGTERM one process we started, SIGKILL after timeout; always reaped."""
-    if proc is None or proc.poll() is not None:
-        if proc is not None:
-            proc.wait()
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def stop_all(procs: Sequence[subprocess.Popen[Any]], timeout: float = 10.0) -> None:
     """SIGTERM every process (by its pid), then wait for all; SIGKILL what is left at the deadline."""
     for proc in procs:
@@ -140,53 +126,9 @@ def pss_bytes(pid: int) -> int:
     return rss_bytes(pid)
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class LocalRedis:
-    """A redis-server of our own on 127.0.22.1, no persistence."""
-
-    workdir: Path
-    host: str = LOCAL_ADDRESS
-    port: int = 0
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> LocalRedis:
-        self.port = free_port(self.host)
-        self.process = subprocess.Popen(
-            ["redis-server", "--bind", self.host, "--port", str(self.port), "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir), "--daemonize", "no", "--loglevel", "warning", "--maxclients", "4000"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.client().ping()
-                return self
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-
-    @property
-    def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
-
-    def client(self, decode: bool = True) -> redis.Redis:
-        return redis.Redis(host=self.host, port=self.port, decode_responses=decode, socket_timeout=30)
-
-    def stop(self) -> None:
-        stop_process(self.process)
-        self.process = None
-
-    def __enter__(self) -> LocalRedis:
-        return self if self.process is not None else self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+def local_redis(workdir: Path) -> RedisServer:
+    """A redis-server of our own on 127.0.22.1, no persistence, room for thousands of clients (start() it)."""
+    return RedisServer(workdir, host=LOCAL_ADDRESS, maxclients=4000, client_timeout=30)
 
 
 # --- agents -----------------------------------------------------------------------------------------
@@ -211,7 +153,7 @@ class LocalAgent:
 class AgentGroup:
     """N real `sync-agent run` processes against one Redis, each with its own ACL user and release root."""
 
-    redis: LocalRedis
+    redis: RedisServer
     workdir: Path
     templates: Path | None = REPO / "templates"
     log_level: str = "info"
@@ -285,7 +227,7 @@ def workdir(prefix: str) -> tempfile.TemporaryDirectory[str]:
 
 def ensure_initialised(client: redis.Redis) -> None:
     """A store with an epoch, so agents come up `ready` (not `degraded: the store is empty`)."""
-    from sync_agent.store import Store
+    from sync_agent.control.store import Store
 
     if not client.get(KEYS.epoch):
         Store(client, NAMESPACE).data_set("bench", json.dumps({"seq": 0, "t": 0}))

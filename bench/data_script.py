@@ -13,8 +13,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from bench.common import LocalRedis
-from sync_agent.store import Store
+from bench.common import local_redis
+from sync_agent.control.store import Store
 
 SIZES = (10, 100, 1000)
 CHANGES = 500
@@ -26,7 +26,7 @@ def _usec_per_call(client, command: str) -> float:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as workdir, LocalRedis(Path(workdir)) as server:
+    with tempfile.TemporaryDirectory() as workdir, local_redis(Path(workdir)) as server:
         client = server.client()
         store = Store(client, "bench")
         print(f"{'keys':>6} {'data.lua µs/set':>16} {'HSET+PUBLISH µs':>16} {'ratio':>6}")

@@ -28,6 +28,7 @@ import yaml
 
 from bench.common import REPO, median, percentile, ratio
 from fleet import Fleet
+from tests.builds import make_build
 
 BIN = Path(sys.executable).parent
 SUBNET = os.environ.get("FRONTFLEET_BENCH_SUBNET", "127.0.21")  # another /24 in 127/8 runs beside it
@@ -65,12 +66,12 @@ COPY_PLAY = """\
 # --- builds -----------------------------------------------------------------------------------------
 
 
-def make_build(directory: Path, files: int, total_bytes: int, seed: int) -> Path:
-    """A dist/ folder: index.html, hashed chunks under assets/, pages; random (incompressible) content."""
+def sized_build(directory: Path, files: int, total_bytes: int, seed: int) -> Path:
+    """A dist/ folder of `files` files, about `total_bytes` in all: index.html, hashed chunks under assets/,
+    pages; random (incompressible) content from the seed. What was in directory before is removed."""
     rng = random.Random(seed)
-    if directory.exists():
-        shutil.rmtree(directory)
     mean = total_bytes // files
+    content: dict[str, bytes] = {}
     for index in range(files):
         if index == 0:
             relative = "index.html"
@@ -78,11 +79,8 @@ def make_build(directory: Path, files: int, total_bytes: int, seed: int) -> Path
             relative = f"assets/chunk{index:05d}-{rng.getrandbits(32):08x}.js"
         else:
             relative = f"pages/{index % 40:02d}/page{index:05d}.html"
-        size = max(64, int(rng.uniform(0.2, 1.8) * mean))
-        path = directory / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(rng.randbytes(size))
-    return directory
+        content[relative] = rng.randbytes(max(64, int(rng.uniform(0.2, 1.8) * mean)))
+    return make_build(directory, content, fresh=True)
 
 
 def next_build(source: Path, directory: Path, fraction: float, seed: int) -> tuple[Path, int, int]:
@@ -208,7 +206,7 @@ def skew(bf: BenchFleet, sizes: list[int], rollouts: int, flips: int, workdir: P
     from sync_agent.manifest import build_manifest
 
     rows = []
-    builds = [make_build(workdir / f"skew-{name}", 20, 100_000, seed) for name, seed in (("a", 11), ("b", 12))]
+    builds = [sized_build(workdir / f"skew-{name}", 20, 100_000, seed) for name, seed in (("a", 11), ("b", 12))]
     releases = [build_manifest(b).release_id for b in builds]
     for size in sorted(sizes, reverse=True):
         inventory = bf.inventory(size)
@@ -274,7 +272,7 @@ def throughput(bf: BenchFleet, files: int, total_bytes: int, fraction: float, re
                workdir: Path, log: Any) -> dict[str, Any]:
     from sync_agent import control
     from sync_agent.manifest import build_manifest
-    from sync_agent.staging import offer
+    from sync_agent.stream import offer
 
     hosts = bf.web_hosts(3)
     inventory = bf.inventory(3)
@@ -287,7 +285,7 @@ def throughput(bf: BenchFleet, files: int, total_bytes: int, fraction: float, re
     try:
         with control.session(str(inventory / "hosts.yml")) as s:
             for rep in range(reps):
-                first = make_build(workdir / "tp-first", files, total_bytes, 1000 + rep)
+                first = sized_build(workdir / "tp-first", files, total_bytes, 1000 + rep)
                 second, changed_files, changed_bytes = next_build(first, workdir / "tp-second", fraction, 2000 + rep)
                 run: dict[str, Any] = {"files": files, "bytes": sum(p.stat().st_size for p in first.rglob("*")
                                                                      if p.is_file()),

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import KEYS, AgentGroup, LocalRedis, cpu_seconds, ensure_initialised, pss_bytes, rss_bytes, stop_all
+from bench.common import KEYS, AgentGroup, cpu_seconds, ensure_initialised, local_redis, pss_bytes, rss_bytes, stop_all
 from bench.propagation import Publisher
+from tests.servers import RedisServer
 
 
 def _watch_memory(pid: int, stop: threading.Event, peak: dict[str, int]) -> None:
@@ -55,7 +56,7 @@ def _window(pid: int, seconds: float, publisher: Publisher | None, rate: float) 
 
 
 def run(idle_seconds: float, load_seconds: float, rate: float, workdir: Path, log: Any = print) -> dict[str, Any]:
-    with LocalRedis(workdir).start() as redis:
+    with local_redis(workdir).start() as redis:
         ensure_initialised(redis.client())
         group = AgentGroup(redis, workdir)
         try:
@@ -80,7 +81,7 @@ def run(idle_seconds: float, load_seconds: float, rate: float, workdir: Path, lo
                         "idle_cpu_near_zero": idle["cpu_percent"] < 0.5}}
 
 
-def _floor(redis: LocalRedis, workdir: Path, seconds: float, rate: float) -> dict[str, Any]:
+def _floor(redis: RedisServer, workdir: Path, seconds: float, rate: float) -> dict[str, Any]:
     target = workdir / "footprint-floor-b"
     target.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "bench.floors", "write", redis.host, str(redis.port), KEYS.events,

@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import AgentGroup, LocalRedis, cpu_seconds, ensure_initialised
+from bench.common import AgentGroup, cpu_seconds, ensure_initialised, local_redis
 from bench.propagation import Publisher
 
 
@@ -55,7 +55,7 @@ def main() -> int:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with tempfile.TemporaryDirectory(prefix="frontfleet-bench-profile-") as tmp:
         work = Path(tmp)
-        with LocalRedis(work).start() as redis:
+        with local_redis(work).start() as redis:
             ensure_initialised(redis.client())
             group = AgentGroup(redis, work)
             try:

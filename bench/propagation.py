@@ -21,15 +21,16 @@ from bench.common import (
     KEYS,
     NAMESPACE,
     AgentGroup,
-    LocalRedis,
     ensure_initialised,
+    local_redis,
     median,
     now_ns,
     percentile,
     ratio,
     stop_all,
 )
-from sync_agent.store import Store
+from sync_agent.control.store import Store
+from tests.servers import RedisServer
 
 WATCH_PER_PROCESS = 50
 SYSTEMS = ("agent", "floor_a", "floor_b")
@@ -38,7 +39,7 @@ SYSTEMS = ("agent", "floor_a", "floor_b")
 class Publisher:
     """Publishes {"seq": n} under the data key `bench` through the store's script; notes when each call began."""
 
-    def __init__(self, redis: LocalRedis) -> None:
+    def __init__(self, redis: RedisServer) -> None:
         self.client = redis.client()
         self.store = Store(self.client, NAMESPACE)
         current = self.client.hget(KEYS.data, "bench")
@@ -125,7 +126,7 @@ def _final_latency_ms(observations: dict[str, list[list[int]]], sent: dict[int, 
     return worst / 1e6
 
 
-def _floor_processes(mode: str, redis: LocalRedis, n: int, workdir: Path) -> tuple[list[subprocess.Popen[bytes]],
+def _floor_processes(mode: str, redis: RedisServer, n: int, workdir: Path) -> tuple[list[subprocess.Popen[bytes]],
                                                                                    list[Path]]:
     procs, targets = [], []
     for index in range(n):
@@ -171,7 +172,7 @@ def _summarise(latencies: list[float]) -> dict[str, float]:
 def run(sizes: list[int], steady_count: int, steady_rate: float, burst_count: int, steady_reps: int, burst_reps: int,
         workdir: Path, log: Any = print) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
-    with LocalRedis(workdir).start() as redis:
+    with local_redis(workdir).start() as redis:
         ensure_initialised(redis.client())
         for size in sizes:
             for system in SYSTEMS:
@@ -197,7 +198,7 @@ def run(sizes: list[int], steady_count: int, steady_rate: float, burst_count: in
             "rows": rows, "ratios": ratios}
 
 
-def _measure(system: str, size: int, redis: LocalRedis, workdir: Path, steady_count: int, steady_rate: float,
+def _measure(system: str, size: int, redis: RedisServer, workdir: Path, steady_count: int, steady_rate: float,
              burst_count: int, steady_reps: int, burst_reps: int, log: Any) -> list[dict[str, Any]]:
     workdir.mkdir(parents=True, exist_ok=True)
     publisher = Publisher(redis)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import AgentGroup, LocalRedis, cpu_seconds, ensure_initialised, percentile, pss_bytes, rss_bytes
+from bench.common import AgentGroup, cpu_seconds, ensure_initialised, local_redis, percentile, pss_bytes, rss_bytes
 from bench.propagation import Publisher, _collect_watchers, _latencies_from_observations, _watch, stop_all
 
 MEMORY_BUDGET = 12 * 2**30
@@ -20,7 +20,7 @@ MEMORY_BUDGET = 12 * 2**30
 
 def run(steps: list[int], changes: int, rate: float, workdir: Path, log: Any = print) -> dict[str, Any]:
     rows = []
-    with LocalRedis(workdir).start() as redis:
+    with local_redis(workdir).start() as redis:
         ensure_initialised(redis.client())
         group = AgentGroup(redis, workdir)
         assert redis.process is not None

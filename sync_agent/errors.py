@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 _MIB = 1024 * 1024
 
@@ -18,6 +19,7 @@ EXIT_USAGE = 2  # bad input: arguments, configuration, a manifest or stream
 EXIT_UNAVAILABLE = 3  # Redis or a host could not be reached
 EXIT_LOCKED = 4  # another operation holds the deploy lock
 EXIT_UNHEALTHY = 5  # `fleet`/`status`: a host is silent, lagging or degraded
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as a shell reports it
 
 
 class FrontfleetError(Exception):
@@ -46,6 +48,12 @@ class SnapshotRefused(ProtocolError):
 
 class ManifestError(UsageError):
     """A manifest or staging stream that does not describe a safe, consistent build."""
+
+
+class TransferInterrupted(FrontfleetError):
+    """A staging stream ended before its trailer (the connection dropped, the sender stopped); nothing was staged."""
+
+    exit_code = EXIT_UNAVAILABLE
 
 
 class ReleaseNotStaged(FrontfleetError):
@@ -83,10 +91,63 @@ class LockHeld(FrontfleetError):
         self.holder = holder
 
 
-class AckTimeout(FrontfleetError):
-    """Some hosts did not acknowledge in time."""
+class ConnectionLost(StoreUnavailable):
+    """The agent's Redis session is dead: a probe did not come back, or the subscription went away."""
 
-    def __init__(self, laggards: dict[str, str]) -> None:
-        detail = "; ".join(f"{host}: {why}" for host, why in sorted(laggards.items()))
-        super().__init__(f"{len(laggards)} host(s) did not acknowledge in time: {detail}")
-        self.laggards = laggards
+
+class CheckFailed(FrontfleetError):
+    """A URL did not answer 200 with the expected body (the HTTP check a host runs on itself)."""
+
+
+class HostError(FrontfleetError):
+    """Something went wrong on one host; `why` is the cause without the host's name, for per-host reports."""
+
+    def __init__(self, host: str, why: str) -> None:
+        super().__init__(f"{host}: {why}")
+        self.host = host
+        self.why = why
+
+
+class HostUnreachable(HostError):
+    """A host could not be reached over SSH, or did not answer in time."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+class RemoteCommandFailed(HostError):
+    """A command ran on a host and failed; `why` is the end of what it printed on stderr."""
+
+    def __init__(self, host: str, why: str, returncode: int) -> None:
+        super().__init__(host, why)
+        self.returncode = returncode
+
+
+def cause(err: BaseException) -> str:
+    """The one-line cause of a failure on a host, without the host's name (the report names it)."""
+    return err.why if isinstance(err, HostError) else str(err) or type(err).__name__
+
+
+class HostFailures(FrontfleetError):
+    """An operation failed on some hosts. The failures stay data, host → cause (as Fabric's GroupException keeps
+    them), and this is the one way they are printed: `what failed: host: cause; host: cause; where the fleet is`."""
+
+    def __init__(self, what: str, failures: Mapping[str, BaseException | str], where: str = "") -> None:
+        self.what = what
+        self.failures = dict(failures)
+        self.causes = {host: failure if isinstance(failure, str) else cause(failure)
+                       for host, failure in sorted(self.failures.items())}
+        self.where = where
+        detail = "; ".join(f"{host}: {why}" for host, why in self.causes.items())
+        super().__init__("; ".join(part for part in (f"{what}: {detail}" if detail else what, where) if part))
+
+    def to_json(self) -> dict[str, object]:
+        return {"error": str(self), "failed": self.what, "hosts": self.causes, "where": self.where}
+
+
+class RolloutFailed(HostFailures):
+    """A rollout, rollback or publish stopped; what was switched is undone, and the message says where the fleet is."""
+
+
+def error_json(err: FrontfleetError) -> dict[str, object]:
+    """What `--json` prints for a failed operation: the message, and per host the cause when there is one."""
+    return err.to_json() if isinstance(err, HostFailures) else {"error": str(err)}

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.builds import make_build as write_build
 from tests.fleet.deployment import Deployment
 
 #: The build's many files: hashed chunks under assets/ (immutable, pooled) and plain pages.
@@ -32,36 +32,34 @@ def _bytes(seed: str, size: int) -> bytes:
     return bytes(out[:size])
 
 
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
 def _hashed(stem: str, data: bytes, suffix: str) -> str:
     return f"assets/{stem}-{hashlib.sha256(data).hexdigest()[:8]}{suffix}"
 
 
-def make_build(directory: Path, salt: str, version: str = "1", chunks: int = CHUNKS, pages: int = PAGES) -> Path:
-    """A dist/ folder: index.html, a hashed app bundle, `chunks` hashed chunks, `pages` pages.
+def salted_files(salt: str, version: str = "1", chunks: int = CHUNKS, pages: int = PAGES) -> dict[str, bytes]:
+    """index.html, a hashed app bundle, `chunks` hashed chunks, `pages` pages; all content from the salt.
 
     Builds with the same salt and another version differ in exactly three files: index.html, the app
     bundle (a new hashed name) and the last page.
     """
-    if directory.exists():
-        shutil.rmtree(directory)
     app = _bytes(f"{salt}/app/{version}", FILE_SIZE)
     app_path = _hashed("app", app, ".js")
-    _write(directory / app_path, app)
+    files = {app_path: app}
     for index in range(chunks):
         chunk = _bytes(f"{salt}/chunk/{index}", FILE_SIZE)
-        _write(directory / _hashed(f"chunk{index:03d}", chunk, ".js"), chunk)
+        files[_hashed(f"chunk{index:03d}", chunk, ".js")] = chunk
     for index in range(pages):
         page_version = version if index == pages - 1 else "1"
-        _write(directory / f"pages/page{index:03d}.html", _bytes(f"{salt}/page/{index}/{page_version}", FILE_SIZE))
-    index_html = (f"<!doctype html><title>{salt} v{version}</title>"
-                  f'<script type="module" src="/{app_path}"></script>\n').encode()
-    _write(directory / "index.html", index_html)
-    return directory
+        files[f"pages/page{index:03d}.html"] = _bytes(f"{salt}/page/{index}/{page_version}", FILE_SIZE)
+    files["index.html"] = (f"<!doctype html><title>{salt} v{version}</title>"
+                           f'<script type="module" src="/{app_path}"></script>\n').encode()
+    return files
+
+
+def salted_build(directory: Path, salt: str, version: str = "1", chunks: int = CHUNKS, pages: int = PAGES) -> Path:
+    """A dist/ folder of salted_files (what was in directory before is removed)."""
+    return write_build(directory, salted_files(salt, version, chunks, pages), fresh=True)
+
 
 
 def files_of(build: Path) -> dict[str, bytes]:
@@ -80,7 +78,7 @@ def hashed_assets(build: Path) -> list[str]:
 
 def make_git_build(directory: Path, salt: str, tag: str) -> Path:
     """A build inside a git repository whose HEAD is tagged `tag` (what `git describe` labels it)."""
-    make_build(directory, salt, chunks=2, pages=1)
+    salted_build(directory, salt, chunks=2, pages=1)
     git = ["git", "-C", str(directory), "-c", "user.name=ci", "-c", "user.email=ci@example.invalid"]
     for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "build"], ["tag", tag]):
         subprocess.run([*git, *args], check=True, capture_output=True)
@@ -96,8 +94,8 @@ class Builds:
 
     @classmethod
     def create(cls, parent: Path, salt: str, **sizes: int) -> Builds:
-        return cls(make_build(parent / f"{salt}-a", salt, "1", **sizes), make_build(parent / f"{salt}-b", salt, "2",
-                                                                                    **sizes))
+        return cls(salted_build(parent / f"{salt}-a", salt, "1", **sizes),
+                   salted_build(parent / f"{salt}-b", salt, "2", **sizes))
 
 
 # --- what the user runs and sees ----------------------------------------------------------------------------

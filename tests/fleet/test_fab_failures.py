@@ -9,6 +9,7 @@ and leave the fleet on the previous release. Failure runs use short --timeout va
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import subprocess
@@ -25,11 +26,11 @@ from tests.fleet.fab_builds import (
     fab_json,
     files_of,
     hashed_assets,
-    make_build,
     redis_cli,
     release_id,
     releases_on_disk,
     rollout,
+    salted_build,
     status_json,
 )
 
@@ -164,6 +165,27 @@ def test_a_canary_failure_leaves_the_other_hosts_untouched(deployed: Deployment,
     assert_fleet_serves(deployed, builds.a)
 
 
+def test_publish_runs_the_rollouts_http_check_and_undoes_a_failed_switch(deployed: Deployment, builds: Builds,
+                                                                      on_a: str) -> None:
+    rollout(deployed, builds.b)
+    b_id = release_id(deployed, builds.b)
+    back = deployed.fab("rollback")
+    assert back.returncode == 0 and f"every host is on {on_a}" in back.stdout  # B stays staged everywhere
+    deployed.ssh("web2", "systemctl stop nginx")
+    try:
+        result = subprocess.run([str(BIN / "sync-agent"), "release", "publish", b_id, "--timeout", TIMEOUT, "--json"],
+                                cwd=REPO, env=deployed.env(), capture_output=True, text=True, timeout=120)
+        print(result.stdout, result.stderr)
+        assert result.returncode == 1
+        report = json.loads(result.stdout)
+        assert list(report["hosts"]) == ["web2"] and report["hosts"]["web2"].startswith("HTTP check failed")
+        assert f"every host that answers is back on {on_a}" in result.stderr
+    finally:
+        deployed.ssh("web2", "systemctl start nginx")
+    assert {deployed.status_of(h)["release"] for h in deployed.web_hosts} == {on_a}
+    assert_fleet_serves(deployed, builds.a)
+
+
 def test_during_a_canary_hosts_on_a_serve_b_assets_and_an_agent_restart_moves_nothing(
         deployed: Deployment, builds: Builds, on_a: str, agent_control: Any) -> None:
     b_id = release_id(deployed, builds.b)
@@ -200,8 +222,8 @@ def test_during_a_canary_hosts_on_a_serve_b_assets_and_an_agent_restart_moves_no
 
 def test_a_second_rollout_while_one_runs_is_refused_naming_the_holder(deployed: Deployment, on_a: str,
                                                                       tmp_path: Path) -> None:
-    first_build = make_build(tmp_path / "first", "at-once-1", chunks=5, pages=1)
-    second_build = make_build(tmp_path / "second", "at-once-2", chunks=5, pages=1)
+    first_build = salted_build(tmp_path / "first", "at-once-1", chunks=5, pages=1)
+    second_build = salted_build(tmp_path / "second", "at-once-2", chunks=5, pages=1)
     first_id, second_id = release_id(deployed, first_build), release_id(deployed, second_build)
     deployed.ssh("web3", "systemctl stop sync-agent")  # the first rollout then waits for web3 while holding the lock
     try:
@@ -253,7 +275,7 @@ def root_login_refused(deployed: Deployment) -> Iterator[None]:
 def test_rollout_as_a_non_root_user_with_become(deployed: Deployment, tmp_path: Path) -> None:
     as_deploy = _inventory_like(deployed, tmp_path / "as-deploy", user="deploy")
     assert "ansible_user: deploy" in (tmp_path / "as-deploy" / "hosts.yml").read_text()
-    build = make_build(tmp_path / "build", "non-root", chunks=10, pages=2)
+    build = salted_build(tmp_path / "build", "non-root", chunks=10, pages=2)
     with root_login_refused(deployed):  # fab must not need root's login anywhere
         result = rollout(as_deploy, build)
         assert result["switched"]
@@ -276,7 +298,7 @@ def test_rollout_with_redis_reachable_only_through_the_ssh_tunnel(deployed: Depl
     refused = direct.fab("status")
     assert refused.returncode == 3 and "cannot reach Redis" in refused.stderr
 
-    build = make_build(tmp_path / "build", "tunnel-only", chunks=10, pages=2)
+    build = salted_build(tmp_path / "build", "tunnel-only", chunks=10, pages=2)
     result = rollout(tunnelled, build)
     assert result["switched"]
     assert_fleet_serves(deployed, build)
@@ -286,8 +308,9 @@ def test_rollout_with_redis_reachable_only_through_the_ssh_tunnel(deployed: Depl
 
 def test_a_host_command_that_hangs_is_killed_at_its_timeout_and_the_host_named(deployed: Deployment) -> None:
     """The stage session's guard: a host that stops answering mid-conversation cannot hold a rollout."""
-    from sync_agent.inventory import load_fleet
-    from sync_agent.remote import HostUnreachable, Remote
+    from sync_agent.control.inventory import load_fleet
+    from sync_agent.control.remote import Remote
+    from sync_agent.errors import HostUnreachable
 
     fleet = load_fleet(str(deployed.inventory))
     host = fleet.web[0]

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from sync_agent.staging import OFFER_MAGIC
+from sync_agent.stream import OFFER_MAGIC
 from tests.fleet.deployment import BIN, REPO, Deployment, wait_until
 from tests.fleet.fab_builds import (
     Builds,
@@ -27,12 +27,12 @@ from tests.fleet.fab_builds import (
     fab_json,
     files_of,
     hashed_assets,
-    make_build,
     make_git_build,
     redis_cli,
     release_id,
     releases_on_disk,
     rollout,
+    salted_build,
     status_json,
 )
 
@@ -141,7 +141,7 @@ def _index_inodes(deployed: Deployment, release: str) -> dict[str, str]:
 
 def test_rollback_returns_every_host_to_a_without_transfer_and_again_one_step_further(
         deployed: Deployment, builds: Builds, tmp_path: Path) -> None:
-    z = make_build(tmp_path / "z", "rollback-z", chunks=3, pages=1)
+    z = salted_build(tmp_path / "z", "rollback-z", chunks=3, pages=1)
     for build in (z, builds.a, builds.b):
         rollout(deployed, build)
     a_id, z_id = release_id(deployed, builds.a), release_id(deployed, z)
@@ -193,13 +193,40 @@ def test_rollback_playbook_refuses_a_limit_and_a_release_that_is_not_staged(depl
     assert "a rollback moves the whole web group at once" in limited.stdout
     unknown = deployed.playbook("-e", "release_rollback_to=0123456789abcdef", playbook="playbooks/rollback.yml")
     assert unknown.returncode != 0
-    assert "0123456789abcdef is not staged on web1, web2, web3" in unknown.stdout
+    assert ("0123456789abcdef is not staged on every web host: web1: not staged; web2: not staged; "
+            "web3: not staged; nothing was switched") in unknown.stdout
     assert fab_json(deployed, "releases") == before
+
+
+def test_publish_switches_to_a_release_staged_everywhere_and_refuses_one_that_is_not(deployed: Deployment,
+                                                                                 builds: Builds) -> None:
+    rollout(deployed, builds.a)
+    rollout(deployed, builds.b)
+    a_id, b_id = release_id(deployed, builds.a), release_id(deployed, builds.b)
+
+    unknown = subprocess.run([str(BIN / "sync-agent"), "release", "publish", "0123456789abcdef", "--json"], cwd=REPO,
+                             env=deployed.env(), capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 1, unknown.stderr
+    assert json.loads(unknown.stdout)["hosts"] == {host: "not staged" for host in deployed.web_hosts}
+    assert "nothing was switched" in unknown.stderr
+    assert_fleet_serves(deployed, builds.b)
+
+    published = subprocess.run([str(BIN / "sync-agent"), "release", "publish", a_id, "--label", "back to a",
+                                "--json"], cwd=REPO, env=deployed.env(), capture_output=True, text=True, timeout=120)
+    assert published.returncode == 0, published.stderr
+    report = json.loads(published.stdout)
+    assert report["switched"] and report["release"] == a_id and report["previous"] == b_id
+    assert_fleet_serves(deployed, builds.a)
+    assert [r["label"] for r in fab_json(deployed, "releases") if r["current"]] == ["back to a"]
+
+    again = fab_json(deployed, "publish", b_id)
+    assert again["switched"] and again["release"] == b_id
+    assert_fleet_serves(deployed, builds.b)
 
 
 def test_releases_and_status_show_label_who_and_when(deployed: Deployment, tmp_path: Path) -> None:
     tagged = make_git_build(tmp_path / "tagged", "labels-git", "v9.8.7")
-    labelled = make_build(tmp_path / "labelled", "labels-text", chunks=2, pages=1)
+    labelled = salted_build(tmp_path / "labelled", "labels-text", chunks=2, pages=1)
     rollout(deployed, tagged)
     rollout(deployed, labelled, "--label", "hotfix 42")
 
@@ -223,8 +250,8 @@ def test_releases_and_status_show_label_who_and_when(deployed: Deployment, tmp_p
 
 def test_prune_keeps_n_releases_but_never_current_previous_or_rollback_target(deployed: Deployment,
                                                                            tmp_path: Path) -> None:
-    old = make_build(tmp_path / "old", "prune-old", chunks=3, pages=1)
-    p1, p2, p3 = (make_build(tmp_path / f"p{i}", f"prune-{i}", chunks=3, pages=1) for i in (1, 2, 3))
+    old = salted_build(tmp_path / "old", "prune-old", chunks=3, pages=1)
+    p1, p2, p3 = (salted_build(tmp_path / f"p{i}", f"prune-{i}", chunks=3, pages=1) for i in (1, 2, 3))
     for build in (old, p1, p2, p3):
         rollout(deployed, build)
     assert fab_json(deployed, "rollback")["release"] == release_id(deployed, p2)
@@ -327,7 +354,7 @@ def _fab_on_a_terminal(deployed: Deployment, *args: str) -> tuple[int, str]:
 
 def test_rollout_shows_a_bar_per_host_on_a_terminal_and_plain_lines_otherwise(deployed: Deployment,
                                                                             tmp_path: Path) -> None:
-    on_terminal = make_build(tmp_path / "tty", "progress-tty", chunks=20, pages=5)
+    on_terminal = salted_build(tmp_path / "tty", "progress-tty", chunks=20, pages=5)
     code, raw = _fab_on_a_terminal(deployed, "rollout", "--build", str(on_terminal))
     output = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw)  # what the terminal shows, without its escapes
     assert code == 0, output
@@ -338,7 +365,7 @@ def test_rollout_shows_a_bar_per_host_on_a_terminal_and_plain_lines_otherwise(de
     assert shown and all(done <= total for done, total in shown), f"a bar went past its total:\n{output}"
     assert "waiting for 3 acknowledgement(s)" in output
 
-    piped = make_build(tmp_path / "piped", "progress-pipe", chunks=20, pages=5)
+    piped = salted_build(tmp_path / "piped", "progress-pipe", chunks=20, pages=5)
     result = deployed.fab("rollout", "--build", str(piped))
     assert result.returncode == 0
     assert "━" not in result.stdout and "\x1b[" not in result.stdout

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import redis
 
+from sync_agent.control.store import Store
 from sync_agent.protocol import PUBLISHER_USER, Keys
-from sync_agent.store import Store
 from tests.fleet.deployment import Deployment, wait_until
 from tests.fleet.fab_builds import Builds, assert_fleet_serves, fab_json, release_id, rollout
 from tests.fleet.helpers import agent_pid

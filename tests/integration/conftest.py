@@ -19,10 +19,12 @@ from typing import Any
 import pytest
 import redis
 
+from sync_agent.control.store import Store
+from sync_agent.host.staging import receive_stream
 from sync_agent.manifest import build_manifest
 from sync_agent.protocol import PUBLISHER_USER, Keys, agent_acl_rules, agent_user, publisher_acl_rules
-from sync_agent.staging import receive_stream, write_stream
-from sync_agent.store import Store
+from sync_agent.stream import write_stream
+from tests.builds import make_build
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "ff"
@@ -37,7 +39,7 @@ def agent_command(config: Path) -> list[str]:
     script = Path(sys.executable).parent / "sync-agent"
     if script.exists():
         return [str(script), "run", "--config", str(config)]
-    return [sys.executable, "-c", "import sys; from sync_agent.service import main; sys.exit(main(sys.argv[1]))",
+    return [sys.executable, "-c", "import sys; from sync_agent.host.agent import main; sys.exit(main(sys.argv[1]))",
             str(config)]
 
 
@@ -232,17 +234,15 @@ def stage(root: Path, build: Path) -> str:
     return manifest.release_id
 
 
-def make_build(tmp_path: Path, name: str, body: str | None = None) -> Path:
-    build = tmp_path / "builds" / name
-    (build / "assets").mkdir(parents=True, exist_ok=True)
-    (build / "index.html").write_text(body or f"<html><body>{name}</body></html>\n")
-    (build / "assets" / f"app-{name}.js").write_text(f"console.log({name!r});\n")
-    return build
+def named_build(tmp_path: Path, name: str) -> Path:
+    """builds/NAME under tmp_path: an index.html and an assets/ bundle, both saying the name."""
+    return make_build(tmp_path / "builds" / name, {"index.html": f"<html><body>{name}</body></html>\n".encode(),
+                                                   f"assets/app-{name}.js": f"console.log({name!r});\n".encode()})
 
 
 @pytest.fixture
 def builds(tmp_path: Path) -> Callable[[str], Path]:
-    return lambda name: make_build(tmp_path, name)
+    return lambda name: named_build(tmp_path, name)
 
 
 class FreezingProxy:

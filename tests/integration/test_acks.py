@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from sync_agent.hoststatus import fleet_view, wait_for_acks
+from sync_agent.control.hoststatus import fleet_view, wait_for_acks
+from sync_agent.control.store import Store
 from sync_agent.protocol import HostStatus
-from sync_agent.store import Store
 
 pytestmark = pytest.mark.integration
 

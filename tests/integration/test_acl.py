@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import redis
 
+from sync_agent.control.store import Store
 from sync_agent.protocol import PUBLISHER_USER, Keys, agent_acl_rules, agent_user, publisher_acl_rules
-from sync_agent.store import Store
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sync_agent.errors import EXIT_LOCKED, EXIT_UNAVAILABLE, EXIT_UNHEALTHY, EXIT_USAGE
-from sync_agent.lock import DeployLock
+from sync_agent.control.lock import DeployLock
+from sync_agent.control.store import Store, release_metadata
+from sync_agent.errors import EXIT_UNAVAILABLE, EXIT_UNHEALTHY, EXIT_USAGE
 
 pytestmark = pytest.mark.integration
 
@@ -68,32 +69,29 @@ def test_no_redis_configured_tells_how_to_configure_it():
     assert result.returncode == EXIT_USAGE and "FRONTFLEET_REDIS_URL" in result.stderr
 
 
-def test_publish_rollback_and_list(publisher_env):
+def test_release_list_shows_the_activation_history_with_labels(publisher_env, fresh_redis):
+    store = Store(fresh_redis.client(), "ff")
     for release in ("rel-a", "rel-b"):
-        assert run("release", "publish", release, "--label", f"label {release}", env=publisher_env).returncode == 0
+        store.activate(release, release_metadata(f"label {release}"))
     listed = json.loads(run("release", "list", "--json", env=publisher_env).stdout)
     assert [(r["release"], r["current"], r["label"]) for r in listed] == [
         ("rel-a", False, "label rel-a"), ("rel-b", True, "label rel-b")]
-    back = run("release", "rollback", env=publisher_env)
-    assert back.returncode == 0 and "rolled back to rel-a" in back.stdout
-    again = run("release", "rollback", env=publisher_env)
-    assert again.returncode == EXIT_USAGE and "no earlier release" in again.stderr
+    text = run("release", "list", env=publisher_env).stdout.splitlines()
+    assert text[1].startswith("* rel-b  label rel-b") and text[0].startswith("  rel-a")
 
 
-def test_publish_waits_for_acks_and_names_the_laggard(publisher_env):
-    result = run("release", "publish", "rel-a", "--wait-for", "web1", "--timeout", "0.3", env=publisher_env)
-    assert result.returncode == 1 and "web1: no status" in result.stdout
+def test_release_publish_takes_no_redis_url_it_goes_through_a_fleets_checks(publisher_env):
+    result = run("release", "publish", "rel-a", "--redis", "redis://publisher@127.0.0.1:1/0", env=publisher_env)
+    assert result.returncode == EXIT_USAGE and "unrecognized arguments: --redis" in result.stderr
 
 
-def test_a_held_lock_refuses_a_second_operation_naming_the_holder(publisher_env, fresh_redis):
+def test_lock_shows_the_holder_and_force_breaks_it_naming_the_holder(publisher_env, fresh_redis):
     DeployLock(fresh_redis.client(), "ff").acquire("rollout by alice@ops pid 1")
-    result = run("release", "publish", "rel-a", env=publisher_env)
-    assert result.returncode == EXIT_LOCKED and "alice@ops" in result.stderr
     shown = run("lock", env=publisher_env)
     assert "held by rollout by alice@ops" in shown.stdout
     forced = run("lock", "--force", env=publisher_env)
     assert forced.returncode == 0 and "broke the deploy lock held by rollout by alice@ops" in forced.stderr
-    assert run("release", "publish", "rel-a", env=publisher_env).returncode == 0
+    assert run("lock", "--json", env=publisher_env).stdout.count('"holder": null') == 1
 
 
 def test_fleet_exits_5_while_a_host_never_reported(publisher_env):

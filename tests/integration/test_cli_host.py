@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sync_agent.errors import EXIT_FAILURE, EXIT_USAGE
+from sync_agent.errors import EXIT_FAILURE, EXIT_UNAVAILABLE, EXIT_USAGE
 from tests.builds import make_build
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ def stage(root: Path, build: Path) -> dict:
     """One `sync-agent stage` session, the way the controller holds it over SSH: offer the manifest,
     read the host's answer, send exactly what it lacks, read the result."""
     from sync_agent.manifest import Manifest, build_manifest
-    from sync_agent.staging import offer, open_offer, read_answer, write_blobs
+    from sync_agent.stream import offer, open_offer, read_answer, write_blobs
 
     manifest = Manifest.from_json(run("manifest", str(build), "--compact").stdout)
     assert manifest == build_manifest(build)
@@ -98,9 +98,9 @@ def test_export_streams_a_staged_release_to_another_host(tmp_path, builds):
     assert (target / "releases" / staged["release"] / "index.html").read_text() == "<h1>A</h1>"
 
 
-def test_an_interrupted_stream_exits_2_and_leaves_no_release(tmp_path, builds):
+def test_an_interrupted_stream_exits_3_not_as_bad_input_and_leaves_no_release(tmp_path, builds):
     from sync_agent.manifest import build_manifest
-    from sync_agent.staging import write_stream
+    from sync_agent.stream import write_stream
     root = tmp_path / "root"
     root.mkdir()
     manifest = build_manifest(builds[0])
@@ -108,7 +108,8 @@ def test_an_interrupted_stream_exits_2_and_leaves_no_release(tmp_path, builds):
     write_stream(stream, manifest, builds[0], [e.sha256 for e in manifest.entries])
     cut = stream.getvalue()[:-10]
     result = run("stage", "--root", str(root), "--id", manifest.release_id, stdin=cut)
-    assert result.returncode == EXIT_USAGE and b"Traceback" not in result.stderr
+    assert result.returncode == EXIT_UNAVAILABLE and b"Traceback" not in result.stderr
+    assert b"the transfer was interrupted" in result.stderr
     assert list((root / "releases").iterdir()) == []
 
 
@@ -153,7 +154,7 @@ def test_prune_keeps_current_and_protected_releases(tmp_path, builds):
     root = tmp_path / "root"
     root.mkdir()
     first, second = stage(root, builds[0]), stage(root, builds[1])
-    from sync_agent.releases import switch
+    from sync_agent.host.releases import switch
 
     switch(root, second["release"])
     result = run("prune", "--root", str(root), "--keep", "1", "--json")

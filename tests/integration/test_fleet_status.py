@@ -10,12 +10,12 @@ import json
 
 import pytest
 
+from sync_agent.control.hoststatus import fleet_view
+from sync_agent.control.store import Change, Store
 from sync_agent.errors import EXIT_OK, EXIT_UNHEALTHY
-from sync_agent.hoststatus import fleet_view
 from sync_agent.protocol import HostStatus
-from sync_agent.store import Change, Store
-from tests.conftest import RedisServer
 from tests.integration.test_cli_control import run
+from tests.servers import RedisServer
 
 pytestmark = pytest.mark.integration
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from sync_agent.control.store import Store
 from sync_agent.errors import EXIT_USAGE
 from sync_agent.protocol import MAX_DATA_BYTES, MAX_DATA_KEYS, MAX_DEPTH
-from sync_agent.store import Store
 from tests.integration.conftest import KEYS, eventually
 
 pytestmark = pytest.mark.integration
@@ -222,8 +222,8 @@ async def test_an_unexpected_error_ends_the_session_not_the_process(fleet, monke
     reconnects with backoff, reports `degraded` with the cause, and the change it failed on still lands."""
     import asyncio
 
-    from sync_agent.config import load_config
-    from sync_agent.service import Agent as AgentProcess
+    from sync_agent.host.agent import Agent as AgentProcess
+    from sync_agent.host.config import load_config
 
     fleet.store.data_set("k", '"before"')
     handle = fleet.agent("web1", start=False)

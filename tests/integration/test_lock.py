@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from sync_agent.control.lock import DeployLock
 from sync_agent.errors import LockHeld
-from sync_agent.lock import DeployLock
 
 pytestmark = pytest.mark.integration
 

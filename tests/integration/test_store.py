@@ -8,9 +8,9 @@ import threading
 import pytest
 import redis
 
+from sync_agent.control.store import Store
 from sync_agent.errors import ProtocolError, UsageError
 from sync_agent.protocol import Desired, parse_message
-from sync_agent.store import Store
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import time
 import pytest
 import redis
 
-from sync_agent.store import Store
+from sync_agent.control.store import Store
 
 from .conftest import KEYS, NAMESPACE, eventually, stage
 

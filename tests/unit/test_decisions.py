@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sync_agent.decisions import Verdict, judge_event, snapshot_is_news
+from sync_agent.host.decisions import Verdict, judge_event, snapshot_is_news
 
 pytestmark = pytest.mark.unit
 

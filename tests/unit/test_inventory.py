@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from sync_agent.control.inventory import default_inventory, load_fleet
+from sync_agent.control.remote import ssh_config_text
 from sync_agent.errors import ConfigError
-from sync_agent.inventory import default_inventory, load_fleet
-from sync_agent.remote import ssh_config_text
 
 pytestmark = pytest.mark.unit
 

@@ -11,19 +11,11 @@ from pathlib import Path
 import pytest
 
 from sync_agent.errors import ManifestError, ReleaseNotStaged
+from sync_agent.host.releases import PreparedSwitch, prune, record_verified, switch, verify
+from sync_agent.host.staging import lacking, receive_stream
+from sync_agent.layout import current_release, is_staged, previous_release, staged_releases
 from sync_agent.manifest import Manifest, build_manifest
-from sync_agent.releases import (
-    PreparedSwitch,
-    current_release,
-    is_staged,
-    previous_release,
-    prune,
-    record_verified,
-    staged_releases,
-    switch,
-    verify,
-)
-from sync_agent.staging import lacking, receive_stream, write_stream
+from sync_agent.stream import write_stream
 from tests.builds import make_build
 
 pytestmark = pytest.mark.unit

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sync_agent.shared_data import SharedFiles, replace_file
+from sync_agent.host.shared_data import SharedFiles, replace_file
 
 pytestmark = pytest.mark.unit
 

@@ -12,26 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from sync_agent import staging
-from sync_agent.errors import ManifestError
-from sync_agent.manifest import Entry, Manifest, build_manifest, content_digest
-from sync_agent.staging import (
+from sync_agent.errors import ManifestError, NotEnoughSpace, TransferInterrupted
+from sync_agent.host import staging
+from sync_agent.host.staging import (
     MIB,
-    OFFER_MAGIC,
-    STREAM_END,
-    STREAM_MAGIC,
-    NotEnoughSpace,
     SpaceNeeded,
     check_space,
     content_index,
     lacking,
-    offer,
-    open_offer,
     receive_stream,
     space_needed,
-    write_blobs,
-    write_stream,
 )
+from sync_agent.manifest import Entry, Manifest, build_manifest, content_digest
+from sync_agent.stream import OFFER_MAGIC, STREAM_END, STREAM_MAGIC, offer, open_offer, write_blobs, write_stream
 from tests.builds import make_build
 
 pytestmark = pytest.mark.unit
@@ -170,7 +163,7 @@ def test_interrupted_stream_leaves_no_release_and_no_partial(tmp_path: Path, kee
     manifest, stream = stream_for(root, make_build(tmp_path / "dist", fifty_files()))
     data = stream.getvalue()
     truncated = io.BytesIO(data[: int(len(data) * keep_fraction)])
-    with pytest.raises(ManifestError):
+    with pytest.raises(TransferInterrupted, match="the transfer was interrupted"):
         receive_stream(root, manifest.release_id, truncated, IMMUTABLE)
     assert_nothing_staged(root, manifest.release_id)
 
@@ -180,7 +173,7 @@ def test_stream_missing_only_its_trailer_is_refused_as_interrupted(tmp_path: Pat
     manifest, stream = stream_for(root, make_build(tmp_path / "dist", fifty_files()))
     data = stream.getvalue()
     assert data.endswith(STREAM_END)
-    with pytest.raises(ManifestError, match="interrupted"):
+    with pytest.raises(TransferInterrupted, match="interrupted"):
         receive_stream(root, manifest.release_id, io.BytesIO(data[: -len(STREAM_END)]), IMMUTABLE)
     assert_nothing_staged(root, manifest.release_id)
 

@@ -22,23 +22,12 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
-from .errors import FrontfleetError, StoreUnavailable
+from ..errors import FrontfleetError, HostError, HostUnreachable, RemoteCommandFailed, StoreUnavailable
 from .inventory import Fleet, Host
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10
-
-
-class HostUnreachable(FrontfleetError):
-    """A host could not be reached over SSH, or a command on it failed."""
-
-    exit_code = 3
-
-    def __init__(self, host: str, why: str) -> None:
-        super().__init__(f"{host}: {why}")
-        self.host = host
-        self.why = why
 
 
 def ssh_config_text(hosts: list[Host], control_dir: Path) -> str:
@@ -110,14 +99,14 @@ class Remote:
         return ["ssh", "-F", str(self.config), host.name, "--", shlex.join(command)]
 
     def run(self, host: Host, command: list[str], stdin: bytes | None = None, timeout: float = 120) -> str:
-        """Run a command, return its stdout; HostUnreachable names the host and the cause."""
+        """Run a command, return its stdout; a HostError names the host and the cause."""
         try:
             result = subprocess.run(self.argv(host, command), input=stdin, capture_output=True, timeout=timeout,
                                     check=False)
         except subprocess.TimeoutExpired as err:
             raise HostUnreachable(host.name, f"no answer within {timeout:.0f}s") from err
         if result.returncode != 0:
-            raise HostUnreachable(host.name, _why(result.returncode, result.stderr.decode(errors="replace")))
+            raise _failure(host.name, result.returncode, result.stderr.decode(errors="replace"))
         return result.stdout.decode()
 
     def stream(self, host: Host, command: list[str], talk: Callable[[IO[bytes], IO[bytes]], object],
@@ -125,7 +114,7 @@ class Remote:
         """Run a command, let talk(stdin, stdout) converse with it, return the rest of its stdout.
 
         Closing stdin after talk() ends the stream. A command still running after timeout is
-        killed; HostUnreachable names the host and the cause.
+        killed; a HostError names the host and the cause.
         """
         with tempfile.TemporaryFile() as errors, subprocess.Popen(
                 self.argv(host, command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors) as proc:
@@ -152,7 +141,7 @@ class Remote:
             errors.seek(0)
             stderr = errors.read().decode(errors="replace")
         if proc.returncode != 0:
-            raise HostUnreachable(host.name, _why(proc.returncode, stderr))
+            raise _failure(host.name, proc.returncode, stderr)
         return rest.decode()
 
     def relay(self, source: Host, source_command: list[str], source_input: bytes, target: Host,
@@ -170,7 +159,7 @@ class Remote:
             stderr = producer.stderr.read()
             producer.wait(timeout=timeout)
         if producer.returncode != 0:
-            raise HostUnreachable(source.name, _why(producer.returncode, stderr.decode(errors="replace")))
+            raise _failure(source.name, producer.returncode, stderr.decode(errors="replace"))
         return output
 
     @contextmanager
@@ -194,11 +183,12 @@ class Remote:
                 proc.wait()
 
 
-def _why(code: int, stderr: str) -> str:
+def _failure(host: str, code: int, stderr: str) -> HostError:
+    """ssh exits 255 when it could not reach the host; any other code is the remote command's own."""
     text = " ".join(stderr.strip().splitlines()[-3:]) or f"exit code {code}"
     if code == 255:
-        return f"unreachable over SSH ({text})"
-    return text
+        return HostUnreachable(host, f"unreachable over SSH ({text})")
+    return RemoteCommandFailed(host, text, code)
 
 
 def _free_port() -> int:

@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FrontfleetError, UsageError
+from ..errors import FrontfleetError, UsageError
 
 log = logging.getLogger(__name__)
 

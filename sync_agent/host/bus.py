@@ -24,19 +24,15 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from ..errors import ConnectionLost, ProtocolError
+from ..protocol import Keys, load_json
+from ..snapshot import Snapshot, parse_snapshot, queue_snapshot
 from .config import AgentConfig
-from .errors import ProtocolError, StoreUnavailable
-from .protocol import Keys, load_json
-from .snapshot import Snapshot, parse_snapshot, queue_snapshot
 
 log = logging.getLogger(__name__)
 
 CLOCK_SAMPLES = 3  # TIME round trips per clock sync (at connect and every heartbeat)
 CLOCK_WINDOW = 30.0  # seconds: the offset comes from the shortest round trip among this window's samples
-
-
-class ConnectionLost(StoreUnavailable):
-    """The session is dead: a probe did not come back, or the subscription went away."""
 
 
 # Errors that mean "this session is over; reconnect".

@@ -23,8 +23,8 @@ from importlib import resources
 
 import redis
 
-from .errors import LockHeld, StoreUnavailable
-from .protocol import Keys
+from ..errors import LockHeld, StoreUnavailable
+from ..protocol import Keys
 
 log = logging.getLogger(__name__)
 

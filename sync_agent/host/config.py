@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import ConfigError, ProtocolError
-from .protocol import agent_user, validate_host, validate_namespace
+from ..errors import ConfigError, ProtocolError
+from ..protocol import agent_user, validate_host, validate_namespace
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from .control import HostStaging, RolloutResult
-from .control import Progress as ProgressCallbacks
+from .rollout import HostStaging, RolloutResult
+from .rollout import Progress as ProgressCallbacks
 
 
 class RichProgress(ProgressCallbacks):

@@ -1,18 +1,5 @@
-"""Releases on a host's disk: what is staged, which one is served, switching between them, pruning.
-
-Layout under a release root R (`frontfleet_release_root`)::
-
-    R/releases/<id>/               an immutable release directory, never changed once renamed into place
-    R/releases/<id>.manifest.json  its verified record (the manifest plus "verified": true), outside the served tree
-    R/releases/<id>.partial/       a release being staged; never a target, removed on failure and by prune
-    R/current  -> releases/<id>    the release nginx serves (a relative symlink, replaced with rename(2))
-    R/previous -> releases/<id>    the release current pointed to before the last switch
-    R/pool/<path>                  hard links to the immutable files (assets/, _next/static/, static/) of every
-                                   staged release, so the hashed assets of each kept release stay servable
-    R/shared/                      the agent's (data.json, rendered templates); nothing here touches it
-
-A release is *staged* when both its directory and its record exist: that is all
-`switch` checks, so switching costs two stats and a rename, never a re-hash.
+"""Switching and pruning the releases on this host's disk (sync_agent/layout.py says where they live), and
+verifying a directory against a manifest.
 """
 
 from __future__ import annotations
@@ -23,32 +10,29 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
-from .errors import FrontfleetError, ManifestError, ProtocolError, ReleaseNotStaged, UsageError
-from .fsutil import StrPath, temp_symlink
-from .manifest import Manifest, hash_file, scan_build
-from .protocol import validate_release_id
-from .staging import (
+from ..errors import FrontfleetError, ManifestError, ReleaseNotStaged, UsageError
+from ..fsutil import StrPath, temp_symlink
+from ..layout import (
+    CURRENT,
     PARTIAL_SUFFIX,
-    RECORD_SUFFIX,
+    PREVIOUS,
+    current_release,
+    is_staged,
     pool_dir,
+    previous_release,
     record_path,
     recorded_releases,
     release_dir,
+    release_names,
     releases_dir,
+    staged_releases,
     write_record,
 )
+from ..manifest import Manifest, hash_file, scan_build
+from ..protocol import validate_release_id
 
 log = logging.getLogger(__name__)
-
-CURRENT = "current"
-PREVIOUS = "previous"
-
-
-class StagedRelease(NamedTuple):
-    release_id: str
-    recorded_at: float  # mtime of the record, seconds since the epoch
 
 
 @dataclass(frozen=True)
@@ -67,52 +51,6 @@ class PruneResult:
     removed: list[str]
     partials_removed: list[str]
     pool_files_removed: int
-
-
-# --- what is on disk ----------------------------------------------------------------------------
-
-
-def is_staged(root: StrPath, release_id: str) -> bool:
-    """Staged and verified: the record and the directory both exist. Cheap on purpose; never re-hashes."""
-    try:
-        directory = release_dir(root, release_id)
-    except ProtocolError:
-        return False
-    return directory.is_dir() and not directory.is_symlink() and record_path(root, release_id).is_file()
-
-
-def staged_releases(root: StrPath) -> list[StagedRelease]:
-    """Every staged release with the mtime of its record, newest first."""
-    found = []
-    for path in releases_dir(root).glob(f"*{RECORD_SUFFIX}"):
-        release_id = path.name[: -len(RECORD_SUFFIX)]
-        if is_staged(root, release_id):
-            found.append(StagedRelease(release_id, path.stat().st_mtime))
-    return sorted(found, key=lambda item: (-item.recorded_at, item.release_id))
-
-
-def current_release(root: StrPath) -> str | None:
-    return _link_target(Path(root) / CURRENT)
-
-
-def previous_release(root: StrPath) -> str | None:
-    return _link_target(Path(root) / PREVIOUS)
-
-
-def _link_target(link: Path) -> str | None:
-    """The release id a `current`/`previous` link names, or None if it is missing or points elsewhere."""
-    try:
-        target = os.readlink(link)
-    except (FileNotFoundError, OSError):
-        return None
-    parent, _, name = target.rpartition("/")
-    try:
-        if parent == "releases":
-            return validate_release_id(name)
-    except ProtocolError:
-        pass
-    log.warning("%s points to %r, not to releases/<id>; treating it as unset", link, target)
-    return None
 
 
 # --- verify -------------------------------------------------------------------------------------
@@ -206,7 +144,7 @@ def prune(root: StrPath, keep: int, protect: set[str] | frozenset[str] = frozens
     pinned = {validate_release_id(name) for name in protect}
     pinned.update(name for name in (current_release(root), previous_release(root)) if name is not None)
     kept = [name for index, name in enumerate(staged) if index < keep or name in pinned]
-    removed = [name for name in _release_names(root) if name not in kept and name not in pinned]
+    removed = [name for name in release_names(root) if name not in kept and name not in pinned]
     for name in removed:
         _remove_release(root, name)
     partials = _remove_partials(root)
@@ -214,20 +152,6 @@ def prune(root: StrPath, keep: int, protect: set[str] | frozenset[str] = frozens
     log.info("pruned %d release(s), %d partial(s), %d pool file(s); kept %s",
              len(removed), len(partials), pool_removed, ", ".join(kept) or "none")
     return PruneResult(kept, removed, partials, pool_removed)
-
-
-def _release_names(root: StrPath) -> list[str]:
-    """Every release id with a directory or a record under releases/, staged or not (a crash can leave halves)."""
-    names = set()
-    for path in releases_dir(root).iterdir() if releases_dir(root).is_dir() else ():
-        name = path.name[: -len(RECORD_SUFFIX)] if path.name.endswith(RECORD_SUFFIX) else path.name
-        if name.endswith(PARTIAL_SUFFIX) or name.startswith("."):
-            continue
-        try:
-            names.add(validate_release_id(name))
-        except ProtocolError:
-            log.warning("leaving %s alone: not a release frontfleet made", path)
-    return sorted(names)
 
 
 def _remove_release(root: StrPath, release_id: str) -> None:

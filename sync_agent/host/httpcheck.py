@@ -6,11 +6,7 @@ import hashlib
 import urllib.error
 import urllib.request
 
-from .errors import FrontfleetError
-
-
-class CheckFailed(FrontfleetError):
-    """The URL did not answer 200 with the expected body."""
+from ..errors import CheckFailed
 
 
 def check_url(url: str, sha256: str | None = None, timeout: float = 5.0) -> None:

@@ -1,20 +1,12 @@
-"""Staging a release on a host: send only the content it lacks, hard-link the rest, verify, rename into place.
+"""Staging a release on this host: receive a stream (sync_agent/stream.py), send for only the content this host
+lacks, hard-link the rest, verify, rename into place.
 
 One SSH session per host (`sync-agent stage`, `receive_stream`) does it all. The
 controller opens a negotiated stream; the host answers whether it has the release
 already; if not, the controller offers the manifest (xz-compressed), the host
 answers the contents it lacks (`lacking`), and the controller sends exactly those.
 A host-to-host copy, where nothing can answer, sends the manifest and its contents
-in one go (`write_stream`). The formats, documented in docs/releases.md:
-
-    negotiated                                    one-way
-    FRONTFLEET-STREAM 2\\n                         FRONTFLEET-STREAM 1\\n
-        host answers {"staged": …}\\n
-    <length of the compressed manifest>\\n       <length of the manifest JSON>\\n
-    <xz(manifest JSON)>                           <manifest JSON>
-        host answers {"missing": [sha256, …]}\\n
-    then for each content: <sha256> <size>\\n<size raw bytes>
-    END\\n
+in one go.
 
 Nothing appears under `releases/<id>` until every file is in place and
 verified: the release is built in `releases/<id>.partial`, which any failure
@@ -33,31 +25,28 @@ import lzma
 import os
 import shutil
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import Any, BinaryIO
 
-from .errors import ManifestError, NotEnoughSpace
-from .fsutil import StrPath, atomic_write, syncfs
-from .manifest import CHUNK_SIZE, Entry, Manifest, check_path
-from .protocol import validate_release_id
+from ..errors import ManifestError, NotEnoughSpace, TransferInterrupted
+from ..fsutil import StrPath, syncfs
+from ..layout import partial_dir, pool_dir, record_path, recorded_releases, release_dir, releases_dir, write_record
+from ..manifest import CHUNK_SIZE, Entry, Manifest, check_path
+from ..protocol import validate_release_id
+from ..stream import MAX_MANIFEST_BYTES, OFFER_MAGIC, STREAM_END, STREAM_MAGIC
 
 log = logging.getLogger(__name__)
 
-STREAM_MAGIC = b"FRONTFLEET-STREAM 1\n"  # one-way: the manifest and the contents, for a host-to-host copy
-OFFER_MAGIC = b"FRONTFLEET-STREAM 2\n"  # negotiated: the host answers; the manifest goes xz-compressed
-STREAM_END = b"END\n"
-MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 _MAX_HEADER_LINE = 128
-RECORD_SUFFIX = ".manifest.json"
-PARTIAL_SUFFIX = ".partial"
 # Room kept free beyond what the files themselves take (each rounded up to the filesystem's fragment size): the
 # record, directory growth, the pool's new directories, inodes where the filesystem takes them from data blocks
 # (btrfs, tmpfs), and a margin so that staging never leaves the agent without a page for data.json.
 SPACE_MARGIN_BYTES = 4 * 1024 * 1024
 MIB = 1024 * 1024
+
 
 
 @dataclass(frozen=True)
@@ -69,82 +58,6 @@ class StageResult:
     files_linked: int
     bytes_received: int
     already_staged: bool
-
-
-# --- where things live --------------------------------------------------------------------------
-
-
-def releases_dir(root: StrPath) -> Path:
-    return Path(root) / "releases"
-
-
-def release_dir(root: StrPath, release_id: str) -> Path:
-    return releases_dir(root) / validate_release_id(release_id)
-
-
-def record_path(root: StrPath, release_id: str) -> Path:
-    """The verified record of a release: beside its directory, outside the served tree."""
-    return releases_dir(root) / f"{validate_release_id(release_id)}{RECORD_SUFFIX}"
-
-
-def partial_dir(root: StrPath, release_id: str) -> Path:
-    return releases_dir(root) / f"{validate_release_id(release_id)}{PARTIAL_SUFFIX}"
-
-
-def pool_dir(root: StrPath) -> Path:
-    return Path(root) / "pool"
-
-
-def write_record(root: StrPath, manifest: Manifest) -> Path:
-    """Write the verified record of a release (the manifest plus "verified": true), atomically."""
-    path = record_path(root, manifest.release_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps({**manifest.to_json(), "verified": True}, ensure_ascii=False).encode("utf-8"))
-    return path
-
-
-def read_record(root: StrPath, release_id: str) -> Manifest:
-    """The trusted manifest of a staged release; ManifestError if it is missing, unverified or damaged."""
-    path = record_path(root, release_id)
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise ManifestError(f"cannot read the record {path}: {err.strerror}") from err
-    try:
-        verified = json.loads(raw).get("verified") is True
-    except (ValueError, AttributeError) as err:
-        raise ManifestError(f"the record {path} is not a JSON object") from err
-    if not verified:
-        raise ManifestError(f"the record {path} is not marked verified")
-    manifest = Manifest.from_json(raw)
-    if manifest.release_id != release_id:
-        raise ManifestError(f"the record {path} describes release {manifest.release_id}, not {release_id}")
-    return manifest
-
-
-def recorded_releases(root: StrPath) -> dict[str, tuple[Entry, ...]]:
-    """Every staged release (record and directory both present) with its record's entries; damaged ones skipped.
-
-    Read without validating again: this host wrote each record itself after verifying the release,
-    and `Manifest.from_json` costs about 25 ms per 2,000 entries on a fleet host, this about 3 —
-    it runs on every staging and prune, once per kept release.
-    """
-    found: dict[str, tuple[Entry, ...]] = {}
-    for path in sorted(releases_dir(root).glob(f"*{RECORD_SUFFIX}")):
-        release_id = path.name[: -len(RECORD_SUFFIX)]
-        try:
-            if release_dir(root, release_id).is_dir():
-                found[release_id] = _record_entries(path)
-        except Exception as err:  # one bad record must not stop staging of the next release
-            log.warning("ignoring the record %s: %s", path, err)
-    return found
-
-
-def _record_entries(path: Path) -> tuple[Entry, ...]:
-    body = json.loads(path.read_bytes())
-    if not isinstance(body, dict) or body.get("verified") is not True:
-        raise ManifestError(f"the record {path} is not marked verified")
-    return tuple(Entry(raw["path"], raw["size"], raw["sha256"]) for raw in body["entries"])
 
 
 # --- what the host has --------------------------------------------------------------------------
@@ -225,83 +138,6 @@ def check_room_for(root: StrPath, manifest: Manifest, missing: Iterable[Entry]) 
     check_space(directory, space_needed(manifest, missing, fragment))
 
 
-# --- the stream, controller side ----------------------------------------------------------------
-
-
-def write_stream(out: BinaryIO, manifest: Manifest, build_dir: StrPath, blobs: Iterable[str]) -> int:
-    """Write a one-way stream (a host-to-host copy): the manifest, each content in blobs once, the trailer.
-
-    Returns the content bytes sent.
-    """
-    payload = manifest.dumps().encode("utf-8")
-    out.write(STREAM_MAGIC + f"{len(payload)}\n".encode() + payload)
-    return write_blobs(out, manifest, build_dir, blobs)
-
-
-def open_offer(out: BinaryIO) -> None:
-    """Open a negotiated stream; the host answers {"staged": …} before anything else is sent."""
-    out.write(OFFER_MAGIC)
-    out.flush()
-
-
-def offer(manifest: Manifest) -> bytes:
-    """The offer of a manifest, as it follows the host's first answer: its length, then the manifest JSON
-    xz-compressed. 2,000 entries: 257 KB of JSON, 86 KB offered (zlib: 103 KB); compressing takes
-    about 50 ms, so a rollout builds it once for all hosts. The host answers {"missing": [sha256, …]}."""
-    payload = lzma.compress(manifest.dumps().encode("utf-8"), preset=6)
-    return f"{len(payload)}\n".encode() + payload
-
-
-def read_answer(answers: IO[bytes], key: str) -> Any:
-    """The host's answer `key` in a negotiated stream; None if it failed first (its exit status and stderr say why)."""
-    line = answers.readline()
-    if not line.endswith(b"\n"):
-        return None
-    try:
-        return json.loads(line)[key]
-    except (ValueError, KeyError, TypeError) as err:
-        raise ManifestError(f"the host answered {line[:80]!r}, not {key}; is it the same version?") from err
-
-
-def write_blobs(
-    out: BinaryIO,
-    manifest: Manifest,
-    build_dir: StrPath,
-    blobs: Iterable[str],
-    progress: Callable[[int], None] | None = None,
-) -> int:
-    """Send each content in blobs once, then the trailer.
-
-    progress, if given, is called after each chunk with the content bytes sent so far. Returns that total.
-    """
-    by_sha = {entry.sha256: entry for entry in reversed(manifest.entries)}
-    sent = 0
-    for sha256 in dict.fromkeys(blobs):
-        entry = by_sha.get(sha256)
-        if entry is None:
-            raise ManifestError(f"content {sha256} is not in the manifest of release {manifest.release_id}")
-        out.write(f"{sha256} {entry.size}\n".encode())
-        sent = _send_file(out, Path(build_dir) / entry.path, entry, sent, progress)
-    out.write(STREAM_END)
-    out.flush()
-    return sent
-
-
-def _send_file(out: BinaryIO, path: Path, entry: Entry, sent: int, progress: Callable[[int], None] | None) -> int:
-    remaining = entry.size
-    with open(path, "rb") as source:
-        while remaining:
-            chunk = source.read(min(CHUNK_SIZE, remaining))
-            if not chunk:
-                raise ManifestError(f"{entry.path} is shorter than its manifest says; the build changed, build again")
-            out.write(chunk)
-            remaining -= len(chunk)
-            sent += len(chunk)
-            if progress is not None:
-                progress(sent)
-    return sent
-
-
 # --- the stream, host side ----------------------------------------------------------------------
 
 
@@ -374,6 +210,8 @@ def _stage_into(partial: Path, manifest: Manifest, stream: BinaryIO, index: dict
 def _read_magic(stream: BinaryIO) -> bool:
     """Whether the stream is negotiated (FRONTFLEET-STREAM 2) rather than one-way (1)."""
     magic = stream.read(len(STREAM_MAGIC))
+    if len(magic) < len(STREAM_MAGIC) and (STREAM_MAGIC.startswith(magic) or OFFER_MAGIC.startswith(magic)):
+        raise TransferInterrupted("the stream ended before its first line; the transfer was interrupted")
     if magic not in (STREAM_MAGIC, OFFER_MAGIC):
         raise ManifestError("the stream does not start with FRONTFLEET-STREAM 1 or 2; is the controller the same "
                             "version?")
@@ -382,6 +220,8 @@ def _read_magic(stream: BinaryIO) -> bool:
 
 def _read_manifest(stream: BinaryIO, release_id: str, compressed: bool) -> Manifest:
     length_line = stream.readline(_MAX_HEADER_LINE)
+    if not length_line.endswith(b"\n") and (length_line.isdigit() or not length_line):
+        raise TransferInterrupted("the stream ended inside the manifest's length; the transfer was interrupted")
     if not length_line.endswith(b"\n") or not length_line[:-1].isdigit():
         raise ManifestError("the stream has no valid manifest length")
     length = int(length_line)
@@ -425,7 +265,9 @@ def _receive_blobs(partial: Path, paths_of: dict[str, list[Entry]], stream: Bina
 
 def _parse_blob_header(header: bytes, paths_of: dict[str, list[Entry]], written: set[str]) -> tuple[str, int]:
     if not header:
-        raise ManifestError("the stream ended before its END trailer; the transfer was interrupted")
+        raise TransferInterrupted("the stream ended before its END trailer; the transfer was interrupted")
+    if not header.endswith(b"\n") and len(header) < _MAX_HEADER_LINE:
+        raise TransferInterrupted("the stream ended inside a content header; the transfer was interrupted")
     parts = header.rstrip(b"\n").split(b" ")
     if not header.endswith(b"\n") or len(parts) != 2 or not parts[1].isdigit():
         raise ManifestError(f"the stream has a malformed content header {header[:80]!r}")
@@ -449,7 +291,7 @@ def _write_blob(stream: BinaryIO, target: Path, sha256: str, size: int) -> None:
         while remaining:
             chunk = stream.read(min(CHUNK_SIZE, remaining))
             if not chunk:
-                raise ManifestError(f"the stream ended inside content {sha256}; the transfer was interrupted")
+                raise TransferInterrupted(f"the stream ended inside content {sha256}; the transfer was interrupted")
             digest.update(chunk)
             out.write(chunk)
             remaining -= len(chunk)
@@ -481,7 +323,7 @@ def _make_directories(partial: Path, manifest: Manifest) -> None:
 def _read_exactly(stream: BinaryIO, size: int, what: str) -> bytes:
     data = stream.read(size)
     if len(data) != size:
-        raise ManifestError(f"the stream ended inside {what}; the transfer was interrupted")
+        raise TransferInterrupted(f"the stream ended inside {what}; the transfer was interrupted")
     return data
 
 

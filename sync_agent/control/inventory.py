@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout: sync_agent/control/inventory.py
 DEFAULTS_FILE = "roles/frontfleet/defaults/main.yml"
 
 # The frontfleet_* settings the control plane needs, rendered per host.

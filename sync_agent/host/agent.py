@@ -25,18 +25,19 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
-from . import __version__
-from .bus import CONNECTION_ERRORS, Backoff, Bus, ConnectionLost, describe
+from .. import __version__
+from ..errors import EXIT_FAILURE, EXIT_OK, ConfigError, ConnectionLost, FrontfleetError, SnapshotRefused
+from ..layout import current_release, previous_release
+from ..protocol import HostStatus, Message, parse_message
+from ..snapshot import Snapshot
+from .bus import CONNECTION_ERRORS, Backoff, Bus, describe
 from .config import AgentConfig, load_config
-from .decisions import Verdict, judge_event, snapshot_is_news
-from .errors import EXIT_FAILURE, EXIT_OK, ConfigError, FrontfleetError, SnapshotRefused
+from .decisions import Verdict
 from .notify import Notifier, watchdog_interval
-from .protocol import Desired, HostStatus, Message, parse_message
-from .releases import PreparedSwitch, current_release, previous_release
+from .releases import PreparedSwitch
 from .shared_data import ReleaseInfo, SharedFiles
-from .snapshot import Snapshot
+from .state import AppliedState, Batch
 
 log = logging.getLogger(__name__)
 
@@ -59,27 +60,6 @@ CLOSE_SECONDS = 0.3  # closing a dead connection must not hold up a reconnect or
 WRITE_RETRY_MIN = 0.2  # a write the filesystem refused (disk full, read-only) is retried after this, doubling…
 WRITE_RETRY_MAX = 5.0  # …up to this, until it lands
 BAD_INPUT_LOG_EVERY = 10.0  # a flood of bad input is logged once per this many seconds (each new kind at once)
-EMPTY_STORE_ERROR = ("the store is empty (Redis lost its data, or nothing was published yet): serving what is on "
-                     "disk; an operator should re-publish the release and the data (docs/reliability.md)")
-
-# Error categories, most important first: the status `error` field lists the current ones in this order.
-_ERROR_ORDER = ("store", "snapshot", "write", "session", "release", "data", "template", "message")
-# The categories that make the host `degraded`: it does not serve all of the desired state, or cannot tell.
-# A template that fails to render or a bad event skipped is reported, but the host serves everything else.
-_DEGRADING = frozenset({"store", "snapshot", "write", "session", "release", "data"})
-
-
-@dataclass
-class _Batch:
-    """What a batch of messages changed, so the files are written once per batch."""
-
-    data: bool = False
-    release: bool = False
-    applied: int = 0
-    first: int = 0
-    resynced: bool = False
-    snapshot_read: bool = False  # an event made this batch read the snapshot: it reads it at most once
-    switch_at: int | None = None  # the last release event's deadline (µs, Redis' clock); None: switch at once
 
 
 @dataclass
@@ -138,21 +118,11 @@ class Agent:
         self.root = config.release_root
         self.notifier = notifier or Notifier()
         self.shared = SharedFiles(config.shared_dir, config.templates_dir, config.host)
-        self.epoch: str | None = None
-        self.revision = 0
-        self.data: dict[str, Any] = {}
-        self.desired = Desired()
-        self.synced = False  # a snapshot was applied since the process started
-        self.store_empty = False
+        self.applied = AppliedState(config.host)
         self.connected = False
         self.current: str | None = None
         self.previous: str | None = None
         self.switched_at_ns = 0
-        self.errors: dict[str, str] = {}
-        self.acked: tuple[str | None, int] = (None, 0)  # (epoch, revision) whose writes all landed: the ack
-        self.batches = 0
-        self.resyncs = 0
-        self.skipped = 0
         self._write_errors: dict[str, str] = {}  # what failed to land: "data", "current", "render" → why
         self._write_backoff = Backoff(WRITE_RETRY_MIN, WRITE_RETRY_MAX)
         self._write_retry_at: float | None = None  # loop time of the next retry while a write fails
@@ -176,38 +146,29 @@ class Agent:
 
     # --- state ----------------------------------------------------------------------------------
 
-    @property
-    def state(self) -> str:
-        if not self.synced or self.store_empty or not _DEGRADING.isdisjoint(self.errors):
-            return "degraded"
-        return "ready"
-
-    def error_text(self) -> str:
-        return "; ".join(self.errors[kind] for kind in _ERROR_ORDER if kind in self.errors)
-
     def host_status(self, seen_at: float) -> HostStatus:
         return HostStatus(
             release=self.current or "",
             previous=self.previous or "",
-            revision=self.acked[1],
-            epoch=self.acked[0] or "",
-            state=self.state,
-            error=self.error_text(),
+            revision=self.applied.acked[1],
+            epoch=self.applied.acked[0] or "",
+            state=self.applied.state,
+            error=self.applied.error_text(),
             switched_at_ns=self.switched_at_ns,
             seen_at=round(seen_at, 6),
             heartbeat=self.config.heartbeat,
             agent_version=__version__,
             pid=os.getpid(),
-            batches=self.batches,
-            resyncs=self.resyncs,
-            skipped=self.skipped,
+            batches=self.applied.batches,
+            resyncs=self.applied.resyncs,
+            skipped=self.applied.skipped,
         )
 
     def systemd_status(self) -> str:
         where = "connected" if self.connected else "not connected to Redis"
-        text = (f"{self.state}: release {self.current or '-'}, revision {self.acked[1]}, "
-                f"epoch {self.acked[0] or '-'}, {where}")
-        error = self.error_text()
+        text = (f"{self.applied.state}: release {self.current or '-'}, revision {self.applied.acked[1]}, "
+                f"epoch {self.applied.acked[0] or '-'}, {where}")
+        error = self.applied.error_text()
         return f"{text}; {error}" if error else text
 
     def _tell_systemd(self) -> None:
@@ -218,58 +179,14 @@ class Agent:
 
     # --- applying -------------------------------------------------------------------------------
 
-    def _apply_snapshot(self, snapshot: Snapshot, batch: _Batch, why: str) -> None:
-        """Make the snapshot the applied state (in memory; _flush writes the files)."""
-        batch.resynced = True
-        if snapshot.empty:
-            if not self.store_empty:
-                log.error("resync (%s): %s", why, EMPTY_STORE_ERROR)
-            self.store_empty = True
-            self.errors["store"] = EMPTY_STORE_ERROR
-            self.epoch, self.revision = None, 0
-            self.synced = True
-            return
-        if self.store_empty:
-            log.info("the store has data again (epoch %s, revision %d)", snapshot.epoch, snapshot.revision)
-        log.info("resync (%s): epoch %s, revision %d, %d data keys, release %s", why, snapshot.epoch,
-                 snapshot.revision, len(snapshot.data), snapshot.desired.target_for(self.config.host) or "-")
-        self.store_empty = False
-        self.errors.pop("store", None)
-        self.errors.pop("message", None)
-        if snapshot.bad_keys:
-            self.errors["data"] = (f"skipped {len(snapshot.bad_keys)} key(s) of the snapshot that this agent cannot "
-                                   f"serve: {', '.join(snapshot.bad_keys[:5])} (the agent's log says why)")
-        else:
-            self.errors.pop("data", None)
-        self.epoch, self.revision = snapshot.epoch, snapshot.revision
-        self.data = dict(snapshot.data)
-        self.desired = snapshot.desired
-        self.synced = True
-        batch.data = batch.release = True
-        batch.switch_at = None  # a snapshot's release is due already
-
-    def _apply_message(self, message: Message, batch: _Batch) -> None:
-        if message.data is not None:
-            change = message.data
-            if change.op == "set":
-                self.data[change.key] = change.value
-            else:
-                self.data.pop(change.key, None)
-            batch.data = True
-        elif message.desired is not None:
-            self.desired = message.desired
-            batch.release = True
-            batch.switch_at = message.switch_at
-        self.revision = message.revision
-        batch.applied += 1
-        batch.first = batch.first or message.revision
-        self.errors.pop("message", None)
+    def _apply_message(self, message: Message, batch: Batch) -> None:
+        self.applied.apply_message(message, batch)
 
     def _bad_input(self, what: str, err: BaseException) -> None:
         """Count, report and log a bad input: each new kind at once, a flood of the same once per interval."""
-        self.skipped += 1
+        self.applied.skipped += 1
         text = f"skipped {what}: {err}"
-        self.errors["message"] = text
+        self.applied.errors["message"] = text
         last, logged_at = self._bad_logged
         now = time.monotonic()
         if text[:80] != last[:80] or now - logged_at >= BAD_INPUT_LOG_EVERY:
@@ -282,41 +199,41 @@ class Agent:
     async def _process(self, bus: Bus, items: list[tuple[bytes, bytes]]) -> int:
         """Apply a batch in revision order, resyncing on a gap or a new epoch, then write the files once.
         Returns how many changes it applied."""
-        batch = _Batch()
+        batch = Batch()
         probe_channel = bus.probe_channel
-        had_error = self.error_text()
+        had_error = self.applied.error_text()
         counted = False
         for channel, raw in items:
             if channel == probe_channel:
                 self._probes.returned(raw)
                 continue
             if not counted:  # a batch of events (probes coming home alone are not one)
-                self.batches += 1
+                self.applied.batches += 1
                 counted = True
             try:
                 message = parse_message(raw)
             except Exception as err:  # whatever the input makes the parser raise, it is bad input, never fatal
                 self._bad_input(f"a bad message on {channel.decode(errors='replace')}", err)
                 continue
-            verdict = judge_event(self.epoch, self.revision, message.epoch, message.revision, batch.snapshot_read)
+            verdict = self.applied.judge(message, batch)
             if verdict is Verdict.APPLY:
                 self._apply_message(message, batch)
             elif verdict is Verdict.DUPLICATE:
-                log.debug("skipped duplicate revision %d (applied %d)", message.revision, self.revision)
+                log.debug("skipped duplicate revision %d (applied %d)", message.revision, self.applied.revision)
             elif verdict is Verdict.IGNORE:
                 log.debug("ignored event of epoch %s revision %d after this batch's resync", message.epoch,
                           message.revision)
-            elif message.epoch != self.epoch:
+            elif message.epoch != self.applied.epoch:
                 await self._resync(bus, batch, f"message from epoch {message.epoch}, applied epoch "
-                                               f"{self.epoch or '-'}")
+                                               f"{self.applied.epoch or '-'}")
             else:
-                await self._resync(bus, batch, f"gap: got revision {message.revision} after {self.revision}")
+                await self._resync(bus, batch, f"gap: got revision {message.revision} after {self.applied.revision}")
         if batch.applied:
-            log.info("applied revisions %d..%d (%d change(s)) in epoch %s", batch.first, self.revision,
-                     batch.applied, self.epoch)
+            log.info("applied revisions %d..%d (%d change(s)) in epoch %s", batch.first, self.applied.revision,
+                     batch.applied, self.applied.epoch)
         if batch.data or batch.release or batch.resynced:
             await self._flush(bus, batch)
-        elif self.error_text() != had_error:
+        elif self.applied.error_text() != had_error:
             await self.ack(bus)  # a skipped message or a refused snapshot shows in the status at once
             self._tell_systemd()
         return batch.applied
@@ -327,31 +244,31 @@ class Agent:
         try:
             snapshot = await bus.snapshot()
         except SnapshotRefused as err:
-            if self.errors.get("snapshot") != f"snapshot refused: {err}":
+            if self.applied.errors.get("snapshot") != f"snapshot refused: {err}":
                 log.error("snapshot refused, serving what is on disk: %s", err)
-            self.errors["snapshot"] = f"snapshot refused: {err}"
+            self.applied.errors["snapshot"] = f"snapshot refused: {err}"
             return None
-        if self.errors.pop("snapshot", None) is not None:
+        if self.applied.errors.pop("snapshot", None) is not None:
             log.info("the snapshot can be read again")
         return snapshot
 
-    async def _resync(self, bus: Bus, batch: _Batch, why: str) -> None:
+    async def _resync(self, bus: Bus, batch: Batch, why: str) -> None:
         batch.snapshot_read = True
-        self.resyncs += 1
+        self.applied.resyncs += 1
         snapshot = await self._read_snapshot(bus)
         if snapshot is None:
             return  # nothing in it applies: the files stay as they are, the refusal shows in the status
-        if not snapshot_is_news(self.epoch, self.revision, snapshot.epoch, snapshot.revision):
+        if not self.applied.is_news(snapshot):
             log.debug("a stale message (%s); the store is where this host is", why)
             return
-        self._apply_snapshot(snapshot, batch, why)
+        self.applied.apply_snapshot(snapshot, batch, why)
 
     async def _ensure_release(self, bus: Bus, switch_at: int | None) -> bool:
         """Switch `current` to this host's target if it differs, at switch_at when given (prepared first, so the
         wait ends in a rename and nothing else). Returns True when it switched."""
-        target = self.desired.target_for(self.config.host)
+        target = self.applied.desired.target_for(self.config.host)
         if target is None or target == self.current:
-            self.errors.pop("release", None)
+            self.applied.errors.pop("release", None)
             self._unstaged_logged = None
             return False
         prepared: PreparedSwitch | None = None
@@ -363,7 +280,7 @@ class Agent:
             if switch_at is not None:
                 time.sleep(SWITCH_YIELD)
         except FrontfleetError as err:
-            self.errors["release"] = f"cannot switch to {target}: {err}"
+            self.applied.errors["release"] = f"cannot switch to {target}: {err}"
             if self._unstaged_logged != target:
                 log.error("cannot switch to release %s, staying on %s: %s", target, self.current or "-", err)
                 self._unstaged_logged = target
@@ -375,7 +292,7 @@ class Agent:
             if prepared is not None:
                 with contextlib.suppress(OSError):
                     prepared.abort()
-        self.errors.pop("release", None)
+        self.applied.errors.pop("release", None)
         self._write_landed("current")
         self._unstaged_logged = None
         self.current, self.previous = target, result.previous
@@ -383,18 +300,18 @@ class Agent:
             self.switched_at_ns = result.switched_at_ns
         return result.switched
 
-    async def _flush(self, bus: Bus, batch: _Batch) -> None:
+    async def _flush(self, bus: Bus, batch: Batch) -> None:
         """Write what the batch changed: switch, data.json, the status (the ack), then the templates."""
         switched = await self._ensure_release(bus, batch.switch_at) if batch.release else False
         wrote = False
-        if batch.data and not self.store_empty:
+        if batch.data and not self.applied.store_empty:
             try:
-                self.shared.write_data(self.data)
+                self.shared.write_data(self.applied.data)
                 wrote = True
                 self._write_landed("data")
             except OSError as err:
                 self._write_failed("data", f"cannot write {self.shared.shared_dir / 'data.json'}: {err}")
-        if wrote or switched or (batch.resynced and not self.store_empty):
+        if wrote or switched or (batch.resynced and not self.applied.store_empty):
             self._render_due = True  # by _render_when_idle, after this batch or after the burst it is part of
         self._advance_ack()
         await self.ack(bus, now=switched)
@@ -405,9 +322,9 @@ class Agent:
     def _write_failed(self, what: str, why: str) -> None:
         """Note a write the filesystem refused: the host is degraded, the ack holds, a retry is scheduled."""
         if self._write_errors.get(what) != why:
-            log.error("%s; retrying with backoff, the acknowledged revision stays at %d", why, self.acked[1])
+            log.error("%s; retrying with backoff, the acknowledged revision stays at %d", why, self.applied.acked[1])
         self._write_errors[what] = why
-        self.errors["write"] = "; ".join(self._write_errors[key] for key in sorted(self._write_errors))
+        self.applied.errors["write"] = "; ".join(self._write_errors[key] for key in sorted(self._write_errors))
         if self._write_retry_at is None:
             self._write_retry_at = time.monotonic() + self._write_backoff.next_delay()
 
@@ -416,22 +333,22 @@ class Agent:
             return
         log.info("the write that failed (%s) landed", what)
         if self._write_errors:
-            self.errors["write"] = "; ".join(self._write_errors[key] for key in sorted(self._write_errors))
+            self.applied.errors["write"] = "; ".join(self._write_errors[key] for key in sorted(self._write_errors))
             return
-        self.errors.pop("write", None)
+        self.applied.errors.pop("write", None)
         self._write_backoff.reset()
         self._write_retry_at = None
 
     def _advance_ack(self) -> None:
         """The acknowledged (epoch, revision) moves only once every write for it landed, templates included."""
         if not self._write_errors and not self._render_due:
-            self.acked = (self.epoch, self.revision)
+            self.applied.acked = (self.applied.epoch, self.applied.revision)
 
     async def _retry_writes(self, bus: Bus) -> None:
         """Write everything again (data.json, current, the templates) after a write failed; until it lands, the
         next try follows with backoff."""
         self._write_retry_at = None
-        await self._flush(bus, _Batch(data=True, release=True, resynced=True))
+        await self._flush(bus, Batch(data=True, release=True, resynced=True))
         if self._render_due:
             await self._render(bus)
         if self._write_errors and self._write_retry_at is None:
@@ -452,18 +369,18 @@ class Agent:
                 label = await bus.release_label(self.current)
                 self._labels[self.current] = label
             release = ReleaseInfo(self.current, label)
-        before = (self.acked, self.errors.get("template"), self.errors.get("write"))
-        failures = self.shared.render(self.data, release, self.revision)
+        before = (self.applied.acked, self.applied.errors.get("template"), self.applied.errors.get("write"))
+        failures = self.shared.render(self.applied.data, release, self.applied.revision)
         if failures:
-            self.errors["template"] = self.shared.error_summary()
+            self.applied.errors["template"] = self.shared.error_summary()
         else:
-            self.errors.pop("template", None)
+            self.applied.errors.pop("template", None)
         if self.shared.write_errors:
             self._write_failed("render", "; ".join(self.shared.write_errors.values()))
         else:
             self._write_landed("render")
         self._advance_ack()
-        if (self.acked, self.errors.get("template"), self.errors.get("write")) != before:
+        if (self.applied.acked, self.applied.errors.get("template"), self.applied.errors.get("write")) != before:
             await self.ack(bus)
             self._tell_systemd()
 
@@ -499,10 +416,10 @@ class Agent:
         """Subscribe, resync, then consume until the connection fails (raises) or the agent stops."""
         await bus.open()
         await bus.sync_clock()
-        batch = _Batch()
+        batch = Batch()
         snapshot = await self._read_snapshot(bus)
         if snapshot is not None:
-            self._apply_snapshot(snapshot, batch, "connected")
+            self.applied.apply_snapshot(snapshot, batch, "connected")
         # else nothing in it applies: the files stay as they are, and the flush below reports the refusal
         self.connected = True
         backoff.reset()
@@ -558,20 +475,20 @@ class Agent:
         if snapshot is None:
             await self.ack(bus)
             return
-        if "session" in self.errors:  # a whole reconcile interval without the session failing again
-            log.info("the session has run a reconcile interval without failing: %s cleared", self.errors["session"])
-            del self.errors["session"]
-        batch = _Batch()
-        if snapshot.epoch == self.epoch and snapshot.revision > self.revision and bus.pending():
+        if "session" in self.applied.errors:  # a whole reconcile interval without the session failing again
+            cleared = self.applied.errors.pop("session")
+            log.info("the session has run a reconcile interval without failing: %s cleared", cleared)
+        batch = Batch()
+        if snapshot.epoch == self.applied.epoch and snapshot.revision > self.applied.revision and bus.pending():
             return  # behind only by what has arrived already (a burst): the next batch closes it or shows the gap
-        if snapshot.epoch != self.epoch or snapshot.revision != self.revision:
+        if snapshot.epoch != self.applied.epoch or snapshot.revision != self.applied.revision:
             why = (f"reconcile: store at epoch {snapshot.epoch or '-'} revision {snapshot.revision}, "
-                   f"applied epoch {self.epoch or '-'} revision {self.revision}")
-            if not (snapshot.empty and self.store_empty):
-                self._apply_snapshot(snapshot, batch, why)
+                   f"applied epoch {self.applied.epoch or '-'} revision {self.applied.revision}")
+            if not (snapshot.empty and self.applied.store_empty):
+                self.applied.apply_snapshot(snapshot, batch, why)
                 await self._flush(bus, batch)
             return
-        if self.desired.target_for(self.config.host) != self.current:
+        if self.applied.desired.target_for(self.config.host) != self.current:
             batch.release = True
         if self.shared.errors or self.shared.templates_changed():
             batch.resynced = True
@@ -619,7 +536,7 @@ class Agent:
             except Exception as err:  # a bug or an input nobody foresaw ends this session, never the process
                 cause = f"unexpected {type(err).__name__}: {err}"
                 log.error("the Redis session failed: %s", cause, exc_info=err)
-                self.errors["session"] = f"the session failed and was restarted ({cause})"
+                self.applied.errors["session"] = f"the session failed and was restarted ({cause})"
             finally:
                 self.connected = False
                 with contextlib.suppress(asyncio.TimeoutError):

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .protocol import HostStatus
+from ..protocol import HostStatus
 from .store import Store
 
 POLL_INTERVAL = 0.02

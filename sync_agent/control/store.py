@@ -23,8 +23,8 @@ from typing import Any
 
 import redis
 
-from .errors import FrontfleetError, ProtocolError, StoreUnavailable, UsageError
-from .protocol import (
+from ..errors import FrontfleetError, ProtocolError, StoreUnavailable, UsageError
+from ..protocol import (
     MAX_DATA_BYTES,
     MAX_DATA_KEYS,
     Desired,
@@ -35,7 +35,7 @@ from .protocol import (
     validate_json_value,
     validate_release_id,
 )
-from .snapshot import Snapshot, parse_snapshot, queue_snapshot
+from ..snapshot import Snapshot, parse_snapshot, queue_snapshot
 
 log = logging.getLogger(__name__)
 

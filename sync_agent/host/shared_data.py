@@ -22,7 +22,7 @@ from typing import Any
 from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
-from .fsutil import atomic_write, write_temp
+from ..fsutil import atomic_write, write_temp
 
 log = logging.getLogger(__name__)
 

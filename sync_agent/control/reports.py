@@ -1,0 +1,147 @@
+"""What each operation prints, written once for both front ends (`fab` tasks and `sync-agent` subcommands):
+the data for `--json`, the text for people, and the exit code. A front end parses its arguments, runs the
+operation, and prints its Report; it builds no output of its own."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import EXIT_OK, EXIT_UNHEALTHY, FrontfleetError, error_json
+from .hoststatus import fleet_view
+from .lock import DeployLock, default_holder
+from .rollout import RolloutResult
+from .store import Change, Store
+
+
+@dataclass(frozen=True)
+class Report:
+    """An operation's outcome as printed: `data` with --json, else `text`; `warning` and `failure` go to stderr,
+    and a failure comes with a non-zero exit code."""
+
+    data: Any
+    text: str
+    exit_code: int = EXIT_OK
+    warning: str = ""
+    failure: str = ""
+
+    def render(self, as_json: bool) -> str:
+        return dumps_json(self.data) if as_json else self.text
+
+
+def dumps_json(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True, default=str)
+
+
+def error_report(err: FrontfleetError) -> Report:
+    """A failed operation: the message on stderr, per-host causes in the JSON, the error's exit code."""
+    return Report(error_json(err), "", err.exit_code, failure=str(err))
+
+
+def _value(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _change(change: Change, what: str, **data: Any) -> Report:
+    return Report({**data, "epoch": change.epoch, "revision": change.revision},
+                  f"{what} at revision {change.revision}")
+
+
+# --- releases ---------------------------------------------------------------------------------------
+
+
+def rollout(result: RolloutResult) -> Report:
+    return Report(result.to_json(), result.to_text())
+
+
+def new_hosts(hosts: list[str], check: bool) -> Report:
+    verb = "would bring" if check else "brought"
+    text = (f"{verb} {', '.join(hosts)} up to the current release" if hosts
+            else "every web host has the current release")
+    return Report({"changed": bool(hosts), "hosts": hosts, "check_mode": check}, text)
+
+
+def rollback(release: str, revision: int) -> Report:
+    return Report({"changed": True, "release": release, "revision": revision},
+                  f"every host is on {release} (revision {revision})")
+
+
+def releases(store: Store) -> Report:
+    """The activation history with label, who and when, oldest first; * marks the live release."""
+    history = store.history()
+    meta = store.release_metadata()
+    rows = [{"release": release, "current": index == history.position,
+             "label": meta.get(release, {}).get("label", ""), "who": meta.get(release, {}).get("who", ""),
+             "when": meta.get(release, {}).get("when", "")} for index, release in enumerate(history.releases)]
+    lines = [f"{'*' if r['current'] else ' '} {r['release']}  {r['label']:<24} {r['who']:<24} {r['when']}"
+             for r in rows]
+    return Report(rows, "\n".join(lines) or "no release was ever published")
+
+
+def prune(removed: dict[str, list[str]]) -> Report:
+    lines = [f"{host}: removed {', '.join(ids) or 'nothing'}" for host, ids in sorted(removed.items())]
+    return Report(removed, "\n".join(lines))
+
+
+# --- the fleet --------------------------------------------------------------------------------------
+
+
+def status(store: Store, hosts: list[str]) -> Report:
+    """One row per host: release and its label, revision, agent state, how long ago it was seen, its problem.
+    Exit 5 while a host is silent, lagging or degraded."""
+    meta = store.release_metadata()
+    now = store.server_time()
+    rows = []
+    for view in fleet_view(store, hosts):
+        st = view.status
+        rows.append({
+            "host": view.host, "release": st.release if st else None,
+            "label": meta.get(st.release, {}).get("label") if st and st.release else None,
+            "revision": st.revision if st else None, "state": st.state if st else None,
+            "seen": f"{now - st.seen_at:.0f}s ago" if st else None, "target": view.target,
+            "healthy": view.healthy, "problem": view.problem or (st.error if st else ""),
+        })
+    text = "\n".join(
+        f"{r['host']:<14} {r['release'] or '-':<18} {r['label'] or '':<16} rev {r['revision'] or '-':<6} "
+        f"{r['state'] or '-':<9} seen {r['seen'] or '-':<8} {r['problem']}" for r in rows)
+    unhealthy = [f"{r['host']} ({r['problem']})" for r in rows if not r["healthy"]]
+    if unhealthy:
+        return Report(rows, text, EXIT_UNHEALTHY, failure=f"{len(unhealthy)} host(s) unhealthy: {'; '.join(unhealthy)}")
+    return Report(rows, text)
+
+
+def lock(store: Store, namespace: str, force: bool) -> Report:
+    """Who holds the deploy lock; with force, break a dead holder's lock (and warn, naming it)."""
+    deploy_lock = DeployLock(store.client, namespace)
+    if force:
+        previous = deploy_lock.break_lock(default_holder("lock --force"))
+        warning = f"warning: broke the deploy lock held by {previous}" if previous else ""
+        return Report({"broken": previous or None}, "the deploy lock is free", warning=warning)
+    info = deploy_lock.info()
+    text = f"held by {info.holder}, expires in {info.expires_in:.0f}s" if info.holder else "the deploy lock is free"
+    return Report({"holder": info.holder or None, "expires_in": info.expires_in}, text)
+
+
+# --- shared data ------------------------------------------------------------------------------------
+
+
+def data_set(store: Store, key: str, value: str) -> Report:
+    return _change(store.data_set(key, value), f"{key} set", key=key)
+
+
+def data_get(store: Store, key: str) -> Report:
+    value = store.data_get(key)
+    return Report(value, _value(value))
+
+
+def data_del(store: Store, key: str) -> Report:
+    change = store.data_del(key)
+    if not change.revision:
+        return Report({"key": key, "deleted": False}, f"{key} was not set")
+    return _change(change, f"{key} deleted", key=key, deleted=True)
+
+
+def data_list(store: Store) -> Report:
+    data = store.data_list()
+    return Report(data, "\n".join(f"{k} = {_value(v)}" for k, v in data.items()) or "no data is set")

@@ -1,0 +1,101 @@
+"""One operation's connections to a fleet (its inventory, SSH to its hosts, Redis), and running work on every
+host in parallel with the failures kept per host."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import redis
+
+from ..errors import FrontfleetError, UsageError
+from ..protocol import PUBLISHER_USER
+from .inventory import Fleet, Host, load_fleet
+from .lock import DeployLock
+from .remote import Remote
+from .store import Store, read_password
+
+T = TypeVar("T")
+MAX_PARALLEL_HOSTS = 16
+
+
+@dataclass
+class Session:
+    """One operation's connections: the fleet, SSH to its hosts, Redis (tunnelled unless direct)."""
+
+    fleet: Fleet
+    remote: Remote
+    store: Store
+
+    @property
+    def lock(self) -> DeployLock:
+        return DeployLock(self.store.client, self.fleet.namespace)
+
+    @property
+    def web_names(self) -> list[str]:
+        return [h.name for h in self.fleet.web]
+
+    def agent(self, host: Host, *args: str) -> list[str]:
+        """The command line of `sync-agent ARGS` on host (the agent's own virtualenv)."""
+        return [f"{host.settings['frontfleet_agent_venv']}/bin/sync-agent", *args]
+
+    def agent_json(self, host: Host, *args: str, stdin: bytes | None = None, timeout: float = 120) -> object:
+        return json.loads(self.remote.run(host, self.agent(host, *args), stdin=stdin, timeout=timeout))
+
+
+def release_root(host: Host) -> str:
+    return str(host.settings["frontfleet_release_root"])
+
+
+def publisher_password(fleet: Fleet) -> str:
+    path = Path(str(fleet.setting("frontfleet_credentials_dir"))) / "redis-publisher"
+    if not path.exists():
+        raise UsageError(f"no publisher password at {path}; run `ansible-playbook deploy.yml` first, "
+                         "which generates it")
+    return read_password(path)
+
+
+@contextmanager
+def session(inventory: str | None = None) -> Iterator[Session]:
+    """Open a session on the inventory's fleet (see inventory.default_inventory)."""
+    fleet = load_fleet(inventory)
+    password = publisher_password(fleet)
+    address = str(fleet.setting("frontfleet_redis_address"))
+    port = int(fleet.setting("frontfleet_redis_port"))
+    with Remote(fleet) as remote:
+        if fleet.setting("frontfleet_redis_direct"):
+            yield _open(fleet, remote, address, port, password)
+            return
+        with remote.tunnel(fleet.redis, address, port) as (local_host, local_port):
+            yield _open(fleet, remote, local_host, local_port, password)
+
+
+def _open(fleet: Fleet, remote: Remote, host: str, port: int, password: str) -> Session:
+    client = redis.Redis(host=host, port=port, username=PUBLISHER_USER, password=password, decode_responses=True,
+                         socket_connect_timeout=5)
+    return Session(fleet, remote, Store(client, fleet.namespace))
+
+
+def host_pool(hosts: list[Host]) -> ThreadPoolExecutor:
+    """Threads for work on hosts in parallel: one per host, at most MAX_PARALLEL_HOSTS."""
+    return ThreadPoolExecutor(max_workers=max(1, min(MAX_PARALLEL_HOSTS, len(hosts))))
+
+
+def on_each(hosts: list[Host], work: Callable[[Host], T]) -> tuple[dict[str, T], dict[str, FrontfleetError]]:
+    """Run work on every host in parallel, to the end on every host: (host → result, host → its FrontfleetError).
+    The caller decides what the failures mean (HostFailures reports them)."""
+    with host_pool(hosts) as pool:
+        futures = {host.name: pool.submit(work, host) for host in hosts}
+    results: dict[str, T] = {}
+    failures: dict[str, FrontfleetError] = {}
+    for name, future in futures.items():
+        try:
+            results[name] = future.result()
+        except FrontfleetError as err:
+            failures[name] = err
+    return results, failures
