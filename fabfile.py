@@ -17,9 +17,10 @@ from fabric import task
 from invoke.exceptions import Exit
 
 from sync_agent import control
-from sync_agent.control import Report, reports
+from sync_agent.control import reports
 from sync_agent.control.progress import RichProgress
 from sync_agent.errors import FrontfleetError
+from sync_agent.report import Report, error_report
 
 INVENTORY_HELP = "Ansible inventory (default: $ANSIBLE_INVENTORY, else ansible.cfg's)"
 
@@ -30,12 +31,8 @@ def _run(json_out: bool, action: Callable[[control.Session], Report], inventory:
         with control.session(inventory) as s:
             report = action(s)
     except FrontfleetError as err:
-        report = reports.error_report(err)
-    if report.warning:
-        print(report.warning, file=sys.stderr)
-    out = report.render(json_out)
-    if out:
-        print(out)
+        report = error_report(err)
+    report.emit(json_out)
     if report.exit_code:
         raise Exit(f"fab: {report.failure}", code=report.exit_code)
 

@@ -1,7 +1,8 @@
 """`sync-agent`: one command line for both sides. This module holds the parser and nothing else of either side:
 each subcommand names its handler as "side:function" (sync_agent/host/commands.py runs on a web host,
 sync_agent/control/commands.py on the controller), imported only when that subcommand runs, so a web host never
-loads the control side. Output and exit codes live in the handlers' Reports, logic in the package."""
+loads the control side. Each handler returns a Report (sync_agent/report.py), printed here; the logic lives in
+the package."""
 
 from __future__ import annotations
 
@@ -16,21 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, FrontfleetError, UsageError, error_json
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, FrontfleetError, UsageError
 from .manifest import Manifest, build_manifest
+from .report import Report, error_report
 
 NAMESPACE_ENV = "FRONTFLEET_NAMESPACE"
 DEFAULT_NAMESPACE = "frontfleet"
 
-Handler = Callable[[argparse.Namespace], int]
-
-
-def emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    """Print data as JSON with --json, else the human text."""
-    if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, sort_keys=True))
-    elif text:
-        print(text)
+Handler = Callable[[argparse.Namespace], Report]
 
 
 def read_manifest(source: str) -> Manifest:
@@ -45,9 +39,9 @@ def read_manifest(source: str) -> Manifest:
         raise UsageError(f"the manifest {source} is not JSON: {err}") from err
 
 
-def manifest(args: argparse.Namespace) -> int:
-    print(json.dumps(build_manifest(Path(args.dir)).to_json(), indent=None if args.compact else 2))
-    return EXIT_OK
+def manifest(args: argparse.Namespace) -> Report:
+    data = build_manifest(Path(args.dir)).to_json()
+    return Report(data, json.dumps(data, indent=None if args.compact else 2))
 
 
 def _handler(target: str) -> Handler:
@@ -213,14 +207,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.handler:  # a group (`release`, `data`) without its action: argparse requires one
         return EXIT_USAGE
     try:
-        return _handler(args.handler)(args)
+        report = _handler(args.handler)(args)
     except FrontfleetError as err:
-        if getattr(args, "json", False):
-            print(json.dumps(error_json(err), indent=2, sort_keys=True))
-        print(f"sync-agent: {err}", file=sys.stderr)
-        return err.exit_code
+        report = error_report(err)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    report.emit(getattr(args, "json", False))
+    if report.failure:
+        print(f"sync-agent: {report.failure}", file=sys.stderr)
+    return report.exit_code
 
 
 if __name__ == "__main__":

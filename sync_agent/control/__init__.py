@@ -8,8 +8,8 @@ inventory and remote (Ansible's inventory, OpenSSH), wheels (the agent's wheels 
 (rich, for terminals; imported by the front ends only).
 """
 
+from ..report import Report
 from . import reports
-from .reports import Report
 from .rollout import (
     DEFAULT_ACK_TIMEOUT,
     HostStaging,

@@ -1,42 +1,17 @@
-"""What each operation prints, written once for both front ends (`fab` tasks and `sync-agent` subcommands):
-the data for `--json`, the text for people, and the exit code. A front end parses its arguments, runs the
-operation, and prints its Report; it builds no output of its own."""
+"""What each control-plane operation prints (a sync_agent.report.Report), written once for both front ends: `fab`
+tasks and `sync-agent` subcommands run the same operation and print the same Report."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
-from ..errors import EXIT_OK, EXIT_UNHEALTHY, FrontfleetError, error_json
+from ..errors import EXIT_UNHEALTHY
+from ..report import Report
 from .hoststatus import fleet_view
 from .lock import DeployLock, default_holder
 from .rollout import RolloutResult
 from .store import Change, Store
-
-
-@dataclass(frozen=True)
-class Report:
-    """An operation's outcome as printed: `data` with --json, else `text`; `warning` and `failure` go to stderr,
-    and a failure comes with a non-zero exit code."""
-
-    data: Any
-    text: str
-    exit_code: int = EXIT_OK
-    warning: str = ""
-    failure: str = ""
-
-    def render(self, as_json: bool) -> str:
-        return dumps_json(self.data) if as_json else self.text
-
-
-def dumps_json(data: Any) -> str:
-    return json.dumps(data, indent=2, sort_keys=True, default=str)
-
-
-def error_report(err: FrontfleetError) -> Report:
-    """A failed operation: the message on stderr, per-host causes in the JSON, the error's exit code."""
-    return Report(error_json(err), "", err.exit_code, failure=str(err))
 
 
 def _value(value: Any) -> str:

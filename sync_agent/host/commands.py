@@ -1,5 +1,5 @@
 """The `sync-agent` subcommands that run on a web host: the daemon, and what the controller runs there over SSH.
-Each parses nothing (sync_agent/cli.py did), calls one function of the host side, and prints."""
+Each parses nothing (sync_agent/cli.py did), calls one function of the host side, and returns its Report."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import emit, read_manifest
-from ..errors import EXIT_OK, UsageError
+from ..cli import read_manifest
+from ..errors import UsageError
 from ..layout import current_release, is_staged, previous_release, read_record, release_dir, staged_releases
+from ..report import Report
 from ..stream import write_stream
 from .agent import main as run_agent
 from .httpcheck import check_url
@@ -19,71 +20,68 @@ from .releases import prune, record_verified, verify
 from .staging import lacking, receive_stream
 
 
-def run(args: argparse.Namespace) -> int:
-    return run_agent(args.config)
+def run(args: argparse.Namespace) -> Report:
+    """The daemon, until systemd stops it; its exit code is the command's."""
+    return Report(None, "", run_agent(args.config))
 
 
-def verify_dir(args: argparse.Namespace) -> int:
+def verify_dir(args: argparse.Namespace) -> Report:
     manifest = read_manifest(args.manifest)
     verify(Path(args.dir), manifest)
     text = f"{args.dir} matches release {manifest.release_id} ({len(manifest.entries)} files)"
     if args.root:
         record_verified(Path(args.root), manifest)
         text += f"; recorded in {args.root}/releases/{manifest.release_id}.manifest.json"
-    emit(args, {"release": manifest.release_id, "files": len(manifest.entries), "verified": True}, text)
-    return EXIT_OK
+    return Report({"release": manifest.release_id, "files": len(manifest.entries), "verified": True}, text)
 
 
-def have(args: argparse.Namespace) -> int:
+def have(args: argparse.Namespace) -> Report:
     manifest = read_manifest("-")
     root = Path(args.root)
     staged = is_staged(root, manifest.release_id)
     missing = [] if staged else lacking(root, manifest)
-    print(json.dumps({"release": manifest.release_id, "staged": staged,
-                      "missing": [entry.to_json() for entry in missing]}))
-    return EXIT_OK
+    answer = {"release": manifest.release_id, "staged": staged, "missing": [entry.to_json() for entry in missing]}
+    return Report(answer, json.dumps(answer))  # one line, read by the controller (control/rollout.py ask_have)
 
 
-def export(args: argparse.Namespace) -> int:
+def export(args: argparse.Namespace) -> Report:
     manifest = read_record(Path(args.root), args.id)
     wanted: Any = json.loads(sys.stdin.read() or "[]")
     if not isinstance(wanted, list) or not all(isinstance(sha, str) for sha in wanted):
         raise UsageError("export reads a JSON list of sha256 digests on stdin")
     write_stream(sys.stdout.buffer, manifest, release_dir(Path(args.root), args.id), wanted)
     sys.stdout.buffer.flush()
-    return EXIT_OK
+    return Report(None, "")  # the stream went to stdout
 
 
-def check(args: argparse.Namespace) -> int:
+def check(args: argparse.Namespace) -> Report:
     check_url(args.url, args.sha256, args.timeout)
-    return EXIT_OK
+    return Report({"url": args.url, "ok": True}, "")
 
 
-def stage(args: argparse.Namespace) -> int:
+def stage(args: argparse.Namespace) -> Report:
     immutable = [p for p in args.immutable.split(",") if p]
     result = receive_stream(Path(args.root), args.id, sys.stdin.buffer, immutable, answers=sys.stdout.buffer)
     text = (f"release {result.release_id} already staged" if result.already_staged else
             f"staged {result.release_id}: {result.files_written} written, {result.files_linked} linked, "
             f"{result.bytes_received} bytes received")
-    emit(args, {"release": result.release_id, "already_staged": result.already_staged,
-                "files_written": result.files_written, "files_linked": result.files_linked,
-                "bytes_received": result.bytes_received}, text)
-    return EXIT_OK
+    return Report({"release": result.release_id, "already_staged": result.already_staged,
+                   "files_written": result.files_written, "files_linked": result.files_linked,
+                   "bytes_received": result.bytes_received}, text)
 
 
-def prune_releases(args: argparse.Namespace) -> int:
+def prune_releases(args: argparse.Namespace) -> Report:
     if args.keep < 1:
         raise UsageError("--keep must be at least 1")
     result = prune(Path(args.root), args.keep, set(args.protect))
-    emit(args, {"removed": sorted(result.removed), "kept": sorted(result.kept)},
-         f"removed {len(result.removed)} release(s), kept {len(result.kept)}: {', '.join(sorted(result.kept))}")
-    return EXIT_OK
+    kept = sorted(result.kept)
+    return Report({"removed": sorted(result.removed), "kept": kept},
+                  f"removed {len(result.removed)} release(s), kept {len(kept)}: {', '.join(kept)}")
 
 
-def status(args: argparse.Namespace) -> int:
+def status(args: argparse.Namespace) -> Report:
     root = Path(args.root)
     staged = [release for release, _ in staged_releases(root)]
     data = {"current": current_release(root), "previous": previous_release(root), "staged": staged}
-    emit(args, data, f"current:  {data['current'] or '-'}\nprevious: {data['previous'] or '-'}\n"
-                     f"staged:   {', '.join(staged) or '-'}")
-    return EXIT_OK
+    return Report(data, f"current:  {data['current'] or '-'}\nprevious: {data['previous'] or '-'}\n"
+                        f"staged:   {', '.join(staged) or '-'}")
