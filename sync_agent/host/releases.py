@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +115,10 @@ class PreparedSwitch:
             os.replace(temp, link)
             switched_at_ns = switched_at_ns or time.time_ns()
         self._links = []
+        # The link's own mtime becomes the switch time, so an agent that restarts reports the same switched_at_ns
+        # (it reads it back with lstat) instead of the earlier moment the link was made.
+        with suppress(OSError):
+            os.utime(self.base / CURRENT, ns=(switched_at_ns, switched_at_ns), follow_symlinks=False)
         log.info("switched current from %s to %s", self.before, self.release_id)
         return SwitchResult(self.release_id, previous_release(self.base), switched=True,
                             switched_at_ns=switched_at_ns)

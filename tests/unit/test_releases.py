@@ -94,6 +94,7 @@ def test_switch_moves_current_and_keeps_previous(tmp_path: Path) -> None:
     two = switch(root, second)
     assert (two.switched, two.previous) == (True, first)
     assert two.switched_at_ns is not None and two.switched_at_ns > 0
+    assert os.lstat(root / "current").st_mtime_ns == two.switched_at_ns, "a restarted agent reads the switch time back"
     assert (current_release(root), previous_release(root)) == (second, first)
     assert os.readlink(root / "current") == f"releases/{second}"
     assert (root / "current" / "index.html").read_bytes() == b"<html>v2</html>"
