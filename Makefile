@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the controller needs: Redis for the tests, OpenSSH, the fleet harness's tools.
-APT_PACKAGES := redis-server openssh-client debootstrap systemd-container python3-venv rsync
+APT_PACKAGES := redis-server openssh-client debootstrap systemd-container python3-venv rsync nftables
 
 .PHONY: venv test test-fast lint system-deps clean demo demo-down bench
 

@@ -32,7 +32,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fleet import images
+from fleet import firewall, images
 from fleet.cgroups import HostCgroup
 from fleet.system import (
     FleetError,
@@ -221,6 +221,17 @@ class Fleet:
         """Undo freeze()."""
         self._cgroup(name).freeze(False)
         log.info("%s thawed", name)
+
+    @contextmanager
+    def reachable_only_through(self, target: str, jump: str, port: int | None = None) -> Iterator[None]:
+        """While inside, new TCP connections to target's sshd are dropped unless they come from jump's cgroup: the
+        hosts share the controller's network, so this is what makes "reachable only through a jump host" real
+        (an nftables `socket cgroupv2` match on the host's own cgroup). The table is this fleet's; it goes on
+        exit, also after a failure."""
+        with firewall.only_from(self._cgroup(jump), self.hosts[target].address, port or self.port,
+                                table=f"frontfleet_{self.name}".replace("-", "_")):
+            log.info("%s reachable only through %s", target, jump)
+            yield
 
     def is_running(self, name: str) -> bool:
         return self._nspawn_pid(self._host_dir(name)) is not None

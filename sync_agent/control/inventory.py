@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import configparser
 import os
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .sshargs import ssh_config_lines
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout: sync_agent/control/inventory.py
 DEFAULTS_FILE = "roles/frontfleet/defaults/main.yml"
@@ -27,9 +27,11 @@ _SETTINGS = (
 )
 # Connection variables, as Ansible's ssh connection plugin reads them.
 _CONNECTION = (
-    "ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file", "ansible_ssh_common_args",
-    "ansible_ssh_extra_args", "ansible_become", "ansible_become_method", "ansible_become_user",
+    "ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file", "ansible_ssh_args",
+    "ansible_ssh_common_args", "ansible_ssh_extra_args", "ansible_become", "ansible_become_method",
+    "ansible_become_user",
 )
+ANSIBLE_DEFAULT_SSH_ARGS = "-C -o ControlMaster=auto -o ControlPersist=60s"  # the ssh plugin's own default
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,10 @@ class Host:
     port: int | None = None
     user: str | None = None
     key_file: str | None = None
-    ssh_options: tuple[str, ...] = ()  # the -o options of ansible_ssh_common_args / _extra_args
+    # ssh_config lines ("Keyword value") of the ssh arguments, in Ansible's order: ssh_args come before the
+    # connection variables above, ansible_ssh_common_args and _extra_args after them (sshargs.py)
+    ssh_args_config: tuple[str, ...] = ()
+    ssh_config: tuple[str, ...] = ()
     become: bool = False
     become_method: str = "sudo"
     become_user: str = "root"
@@ -89,17 +94,22 @@ def default_inventory(cwd: Path | None = None) -> str:
     raise ConfigError("no inventory: pass -i/--inventory, set ANSIBLE_INVENTORY, or set inventory in ansible.cfg")
 
 
-def _ssh_options(*args: str | None) -> tuple[str, ...]:
-    """Keep the `-o Key=Value` options of ansible_ssh_*_args (what an ssh_config can say)."""
-    options: list[str] = []
-    for arg in args:
-        words = shlex.split(arg or "")
-        for index, word in enumerate(words):
-            if word == "-o" and index + 1 < len(words):
-                options.append(words[index + 1])
-            elif word.startswith("-o") and len(word) > 2:
-                options.append(word[2:])
-    return tuple(options)
+def default_ssh_args() -> str:
+    """Ansible's `ssh_args` when no host sets `ansible_ssh_args`: $ANSIBLE_SSH_ARGS, else `[ssh_connection] ssh_args`
+    of the ansible.cfg Ansible itself uses, else Ansible's default. (Read as the ssh plugin's config documents it,
+    without loading the plugin: that costs a tenth of a second per command.)"""
+    from ansible.config.manager import find_ini_config_file
+
+    if "ANSIBLE_SSH_ARGS" in os.environ:
+        return os.environ["ANSIBLE_SSH_ARGS"]
+    config_file = find_ini_config_file()  # $ANSIBLE_CONFIG, ./ansible.cfg, ~/.ansible.cfg, /etc/ansible/ansible.cfg
+    if config_file:
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.read(config_file)
+        value = parser.get("ssh_connection", "ssh_args", fallback=None)
+        if value is not None:
+            return value
+    return ANSIBLE_DEFAULT_SSH_ARGS
 
 
 def load_fleet(source: str | None = None) -> Fleet:
@@ -122,6 +132,7 @@ def load_fleet(source: str | None = None) -> Fleet:
     if not groups.get("redis"):
         raise ConfigError(f"the inventory {source} has no host in the group 'redis'")
     raw = {host.name: variables.get_vars(host=host) for host in inventory.get_hosts()}
+    ssh_args = default_ssh_args()
 
     def render(name: str) -> Host:
         templar = Templar(loader=loader, variables={**defaults, **raw[name], "hostvars": raw})
@@ -138,7 +149,9 @@ def load_fleet(source: str | None = None) -> Fleet:
             user=conn["ansible_user"],
             key_file=str(Path(conn["ansible_ssh_private_key_file"]).expanduser())
             if conn["ansible_ssh_private_key_file"] else None,
-            ssh_options=_ssh_options(conn["ansible_ssh_common_args"], conn["ansible_ssh_extra_args"]),
+            ssh_args_config=ssh_config_lines(conn["ansible_ssh_args"] or ssh_args, where=f"{name}: ssh_args"),
+            ssh_config=ssh_config_lines(conn["ansible_ssh_common_args"], conn["ansible_ssh_extra_args"],
+                                        where=f"{name}: ansible_ssh_common_args/ansible_ssh_extra_args"),
             become=bool(conn["ansible_become"]),
             become_method=conn["ansible_become_method"] or "sudo",
             become_user=conn["ansible_become_user"] or "root",

@@ -34,16 +34,14 @@ def ssh_config_text(hosts: list[Host], control_dir: Path) -> str:
     """An ssh_config with one Host block per inventory host."""
     blocks = []
     for host in hosts:
-        lines = [f"Host {host.name}", f"  HostName {host.address}"]
+        lines = [f"Host {host.name}", *(f"  {line}" for line in host.ssh_args_config), f"  HostName {host.address}"]
         if host.port:
             lines.append(f"  Port {host.port}")
         if host.user:
             lines.append(f"  User {host.user}")
         if host.key_file:
             lines += [f"  IdentityFile {host.key_file}", "  IdentitiesOnly yes"]
-        for option in host.ssh_options:
-            key, _, value = option.partition("=")
-            lines.append(f"  {key.strip()} {value.strip()}" if value else f"  {option}")
+        lines += [f"  {line}" for line in host.ssh_config]
         lines += [
             "  BatchMode yes",
             f"  ConnectTimeout {CONNECT_TIMEOUT}",

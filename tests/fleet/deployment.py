@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -43,6 +44,12 @@ class Deployment:
                   "frontfleet_http_port": 80, "sync_agent_heartbeat": 1, "sync_agent_probe": 1, **settings}
         (group_vars / "vars.yml").write_text(yaml.safe_dump(values, sort_keys=True))
         return cls(fleet, inventory, checkout)
+
+    def like(self, folder: Path, user: str = "root", **settings: Any) -> Deployment:
+        """Another inventory of the same fleet (same app, same credentials), as another operator would write it."""
+        other = Deployment.create(self.fleet, folder, user=user, checkout=self.checkout, **settings)
+        shutil.copytree(self.inventory / "credentials", folder / "credentials")
+        return other
 
     # --- the user's commands ----------------------------------------------------------------------
 

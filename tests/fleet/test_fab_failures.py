@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -248,13 +247,6 @@ def test_a_second_rollout_while_one_runs_is_refused_naming_the_holder(deployed: 
             f"{host} has something of the refused rollout"
 
 
-def _inventory_like(deployed: Deployment, folder: Path, user: str = "root", **settings: Any) -> Deployment:
-    """Another inventory of the same fleet (same app, same credentials), as another operator would write it."""
-    other = Deployment.create(deployed.fleet, folder, user=user, **settings)
-    shutil.copytree(deployed.inventory / "credentials", folder / "credentials")
-    return other
-
-
 @contextlib.contextmanager
 def root_login_refused(deployed: Deployment) -> Iterator[None]:
     """No host takes the fleet key for root (authorized_keys moved aside); put back through deploy + sudo."""
@@ -273,7 +265,7 @@ def root_login_refused(deployed: Deployment) -> Iterator[None]:
 
 
 def test_rollout_as_a_non_root_user_with_become(deployed: Deployment, tmp_path: Path) -> None:
-    as_deploy = _inventory_like(deployed, tmp_path / "as-deploy", user="deploy")
+    as_deploy = deployed.like(tmp_path / "as-deploy", user="deploy")
     assert "ansible_user: deploy" in (tmp_path / "as-deploy" / "hosts.yml").read_text()
     build = salted_build(tmp_path / "build", "non-root", chunks=10, pages=2)
     with root_login_refused(deployed):  # fab must not need root's login anywhere
@@ -291,9 +283,9 @@ def test_rollout_as_a_non_root_user_with_become(deployed: Deployment, tmp_path: 
 
 def test_rollout_with_redis_reachable_only_through_the_ssh_tunnel(deployed: Deployment, tmp_path: Path) -> None:
     # "redis1" is a name only the Redis host itself resolves (its /etc/hosts): the controller has no route to it.
-    tunnelled = _inventory_like(deployed, tmp_path / "tunnel", frontfleet_redis_address="redis1",
+    tunnelled = deployed.like(tmp_path / "tunnel", frontfleet_redis_address="redis1",
                                 frontfleet_redis_direct=False)
-    direct = _inventory_like(deployed, tmp_path / "direct", frontfleet_redis_address="redis1",
+    direct = deployed.like(tmp_path / "direct", frontfleet_redis_address="redis1",
                              frontfleet_redis_direct=True)
     refused = direct.fab("status")
     assert refused.returncode == 3 and "cannot reach Redis" in refused.stderr
