@@ -357,6 +357,43 @@ def _ansible_copy(bf: BenchFleet, inventory: Path, build: Path, sample: int, fil
             "seconds_per_file": seconds / len(chosen), "extrapolated_s": seconds / len(chosen) * files}
 
 
+def _seconds(command: list[str], env: dict[str, str]) -> float:
+    start = time.monotonic()
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return elapsed
+
+
+def fab_latency(bf: BenchFleet, reps: int, workdir: Path, log: Any) -> dict[str, Any]:
+    """Whole-process wall time of `fab status` and `fab data-set` against a cold `ssh host true` (its own TCP and
+    SSH handshake, no master), all in this run: with the fleet cache warm, and with it cold (an empty cache folder
+    per call, so the inventory is read by Ansible as before the cache)."""
+    inventory = bf.inventory(bf.web)
+    env = {**bf.env(inventory), "XDG_CACHE_HOME": str(workdir / "fab-cache")}
+    cold_ssh = [str(v) for v in ["ssh", "-F", bf.fleet.ssh_config, "-o", "ControlMaster=no", "web1", "true"]]
+    fab = str(BIN / "fab")
+    runs: dict[str, list[float]] = {"ssh": [], "status_cached": [], "status_uncached": [], "data_set_cached": []}
+    _seconds([fab, "status"], env)  # fills the cache
+    for rep in range(reps):
+        runs["ssh"].append(_seconds(cold_ssh, env))
+        runs["status_cached"].append(_seconds([fab, "status"], env))
+        runs["data_set_cached"].append(_seconds([fab, "data-set", "bench-latency", str(rep)], env))
+        uncached = {**env, "XDG_CACHE_HOME": str(workdir / f"fab-cold-{rep}")}
+        runs["status_uncached"].append(_seconds([fab, "status"], uncached))
+    out: dict[str, Any] = {"reps": reps, **{f"{k}_s_median": round(median(v), 3) for k, v in runs.items()}}
+    ssh = out["ssh_s_median"]
+    for key in ("status_cached", "status_uncached", "data_set_cached"):
+        out[f"{key}_vs_ssh"] = round(ratio(out[f"{key}_s_median"], ssh), 1)
+    out["target_met"] = out["status_cached_vs_ssh"] <= 2 and out["data_set_cached_vs_ssh"] <= 2
+    log(f"  fab latency: cold ssh {ssh:.3f}s; fab status {out['status_cached_s_median']:.3f}s cached "
+        f"(x{out['status_cached_vs_ssh']}), {out['status_uncached_s_median']:.3f}s uncached "
+        f"(x{out['status_uncached_vs_ssh']}); fab data-set {out['data_set_cached_s_median']:.3f}s cached "
+        f"(x{out['data_set_cached_vs_ssh']})")
+    return out
+
+
 def run(workdir: Path, skew_sizes: list[int], rollouts: int, flips: int, files: int, total_bytes: int, reps: int,
         sample: int, log: Any = print) -> dict[str, Any]:
     bf = BenchFleet(workdir, max(skew_sizes + [3]))
@@ -369,6 +406,7 @@ def run(workdir: Path, skew_sizes: list[int], rollouts: int, flips: int, files: 
         bf.playbook(bf.inventory(bf.web), "deploy.yml")
         out["deploy_s"] = round(time.monotonic() - start, 1)
         log(f"  fleet: deploy.yml in {out['deploy_s']}s")
+        out["fab_latency"] = fab_latency(bf, max(3, reps * 2), workdir, log)
         out["skew"] = skew(bf, skew_sizes, rollouts, flips, workdir, log)
         out["throughput"] = throughput(bf, files, total_bytes, 0.01, reps, sample, workdir, log)
     finally:

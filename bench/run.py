@@ -97,6 +97,12 @@ def table(results: dict[str, dict[str, Any]]) -> str:
                          f"{r['ansible_file']['median_ms']:.1f} / max {r['ansible_file']['max_ms']:.1f} ms | "
                          f"{r['baseline_median_over_agent_median']}× smaller | ≥ 50× smaller | "
                          f"{'yes' if r['target_met'] else 'no'} |")
+    if fleet and "fab_latency" in fleet:
+        f = fleet["fab_latency"]
+        lines.append(f"| 5 `fab status` / `fab data-set`, whole process | {f['status_cached_s_median']:.2f} / "
+                     f"{f['data_set_cached_s_median']:.2f} s (inventory cached; {f['status_uncached_s_median']:.2f} s "
+                     f"uncached) | cold `ssh host true` {f['ssh_s_median']:.2f} s | {f['status_cached_vs_ssh']}× / "
+                     f"{f['data_set_cached_vs_ssh']}× ssh | ≤ 2× | {'yes' if f['target_met'] else 'no'} |")
     if fleet and "throughput" in fleet:
         t = fleet["throughput"]
         s, c, cfg = t["summary"], t["ansible_copy"], t["config"]

@@ -94,15 +94,32 @@ def default_inventory(cwd: Path | None = None) -> str:
     raise ConfigError("no inventory: pass -i/--inventory, set ANSIBLE_INVENTORY, or set inventory in ansible.cfg")
 
 
+def ansible_config_file(cwd: Path | None = None) -> Path | None:
+    """The ansible.cfg Ansible reads, found as it finds it: $ANSIBLE_CONFIG (a file, or a folder holding
+    ansible.cfg), ./ansible.cfg unless the current folder is world-writable, ~/.ansible.cfg,
+    /etc/ansible/ansible.cfg. (Ansible's own finder costs a tenth of a second of imports.)"""
+    env = os.environ.get("ANSIBLE_CONFIG")
+    candidates: list[Path] = []
+    if env:
+        path = Path(env).expanduser()
+        candidates.append(path / "ansible.cfg" if path.is_dir() else path)
+    here = cwd or Path.cwd()
+    try:
+        if not here.stat().st_mode & 0o002:
+            candidates.append(here / "ansible.cfg")
+    except OSError:
+        pass
+    candidates += [Path.home() / ".ansible.cfg", Path("/etc/ansible/ansible.cfg")]
+    return next((path.resolve() for path in candidates if path.is_file()), None)
+
+
 def default_ssh_args() -> str:
     """Ansible's `ssh_args` when no host sets `ansible_ssh_args`: $ANSIBLE_SSH_ARGS, else `[ssh_connection] ssh_args`
     of the ansible.cfg Ansible itself uses, else Ansible's default. (Read as the ssh plugin's config documents it,
     without loading the plugin: that costs a tenth of a second per command.)"""
-    from ansible.config.manager import find_ini_config_file
-
     if "ANSIBLE_SSH_ARGS" in os.environ:
         return os.environ["ANSIBLE_SSH_ARGS"]
-    config_file = find_ini_config_file()  # $ANSIBLE_CONFIG, ./ansible.cfg, ~/.ansible.cfg, /etc/ansible/ansible.cfg
+    config_file = ansible_config_file()
     if config_file:
         parser = configparser.ConfigParser(interpolation=None)
         parser.read(config_file)
@@ -114,6 +131,7 @@ def default_ssh_args() -> str:
 
 def load_fleet(source: str | None = None) -> Fleet:
     """Read an inventory with Ansible's loader; render what a play would see for each host."""
+    from ansible.errors import AnsibleError
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
     from ansible.template import Templar, trust_as_template
@@ -123,6 +141,7 @@ def load_fleet(source: str | None = None) -> Fleet:
     if not Path(source).exists():
         raise ConfigError(f"the inventory {source} does not exist")
     loader = DataLoader()
+    _use_vault_secrets(loader)
     inventory = InventoryManager(loader=loader, sources=[source])
     variables = VariableManager(loader=loader, inventory=inventory)
     defaults = loader.load_from_file(str(REPO_ROOT / DEFAULTS_FILE), trusted_as_template=True)
@@ -138,7 +157,13 @@ def load_fleet(source: str | None = None) -> Fleet:
         templar = Templar(loader=loader, variables={**defaults, **raw[name], "hostvars": raw})
 
         def value(var: str) -> Any:
-            return templar.template(trust_as_template("{{ " + var + " | default(None) }}"))
+            try:
+                return templar.template(trust_as_template("{{ " + var + " | default(None) }}"))
+            except AnsibleError as err:
+                if "undecryptable" not in str(err):
+                    raise ConfigError(f"{name}: {var}: {err.message}") from err
+                raise ConfigError(f"{name}: {var} is vault-encrypted and no vault password was given: set "
+                                  "ANSIBLE_VAULT_PASSWORD_FILE, or vault_password_file in ansible.cfg") from err
 
         settings = {var: value(var) for var in _SETTINGS}
         conn = {var: value(var) for var in _CONNECTION}
@@ -159,6 +184,22 @@ def load_fleet(source: str | None = None) -> Fleet:
         )
 
     return Fleet(source=source, web=tuple(render(h) for h in groups["web"]), redis=render(groups["redis"][0]))
+
+
+def _use_vault_secrets(loader: Any) -> None:
+    """The vault passwords Ansible's own commands would use ($ANSIBLE_VAULT_PASSWORD_FILE, vault_password_file,
+    vault ids), never a prompt: `fab` runs unattended as often as not."""
+    from ansible import constants
+    from ansible.cli import CLI
+    from ansible.parsing.vault import VaultSecretsContext
+
+    secrets = CLI.setup_vault_secrets(loader, list(constants.DEFAULT_VAULT_IDENTITY_LIST), auto_prompt=False,
+                                      initialize_context=False)
+    context = VaultSecretsContext.current(optional=True)
+    if context is None:
+        VaultSecretsContext.initialize(VaultSecretsContext(secrets))
+    else:  # a second read in one process (tests; the release play reads once)
+        context.secrets = secrets
 
 
 def _plain(value: Any) -> Any:

@@ -15,7 +15,8 @@ import redis
 
 from ..errors import FrontfleetError, UsageError
 from ..protocol import PUBLISHER_USER
-from .inventory import Fleet, Host, load_fleet
+from .fleetcache import cached_fleet
+from .inventory import Fleet, Host
 from .lock import DeployLock
 from .remote import Remote
 from .store import Store, read_password
@@ -62,8 +63,8 @@ def publisher_password(fleet: Fleet) -> str:
 
 @contextmanager
 def session(inventory: str | None = None) -> Iterator[Session]:
-    """Open a session on the inventory's fleet (see inventory.default_inventory)."""
-    fleet = load_fleet(inventory)
+    """Open a session on the inventory's fleet (see inventory.default_inventory; read through the cache)."""
+    fleet = cached_fleet(inventory)
     password = publisher_password(fleet)
     address = str(fleet.setting("frontfleet_redis_address"))
     port = int(fleet.setting("frontfleet_redis_port"))
