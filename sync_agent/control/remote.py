@@ -9,16 +9,16 @@ forward to the redis host unless frontfleet_redis_direct is set.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import IO
 
@@ -28,6 +28,7 @@ from .inventory import Fleet, Host
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10
+TUNNEL_PERSIST = 300  # seconds an unused tunnel to Redis stays up for the next command
 
 
 def ssh_config_text(hosts: list[Host], control_dir: Path) -> str:
@@ -63,15 +64,17 @@ class Remote:
         self._dir = tempfile.TemporaryDirectory(prefix="frontfleet-ssh-")
         self.config = Path(self._dir.name) / "ssh_config"
         self.config.write_text(ssh_config_text([*fleet.web, fleet.redis], Path(self._dir.name)))
+        self._used: set[str] = set()  # hosts whose shared connection this operation may have opened
 
     def close(self) -> None:
-        """Stop the ControlMaster processes and remove the generated files."""
-        self.disconnect([*self.fleet.web, self.fleet.redis])
+        """Stop this operation's ControlMaster processes and remove the generated files."""
+        self.disconnect([h for h in (*self.fleet.web, self.fleet.redis) if h.name in self._used])
         self._dir.cleanup()
 
     def connect(self, host: Host) -> None:
         """Open the host's shared connection now (handshake and authentication), so later commands
         start at once; a failure is left for those commands to report."""
+        self._used.add(host.name)
         with suppress(subprocess.TimeoutExpired):
             subprocess.run(["ssh", "-F", str(self.config), host.name, "true"], stdin=subprocess.DEVNULL,
                            capture_output=True, check=False, timeout=CONNECT_TIMEOUT + 5)
@@ -94,6 +97,7 @@ class Remote:
             if host.become_method != "sudo":
                 raise FrontfleetError(f"{host.name}: become method {host.become_method!r} is not supported; use sudo")
             command = ["sudo", "-n", "-u", host.become_user, "--", *command]
+        self._used.add(host.name)
         return ["ssh", "-F", str(self.config), host.name, "--", shlex.join(command)]
 
     def run(self, host: Host, command: list[str], stdin: bytes | None = None, timeout: float = 120) -> str:
@@ -160,25 +164,55 @@ class Remote:
             raise _failure(source.name, producer.returncode, stderr.decode(errors="replace"))
         return output
 
-    @contextmanager
-    def tunnel(self, host: Host, address: str, port: int) -> Iterator[tuple[str, int]]:
-        """A local port forwarded to address:port as seen from host (Redis behind its private address)."""
-        local = _free_port()
-        proc = subprocess.Popen(
-            ["ssh", "-F", str(self.config), "-N", "-o", "ExitOnForwardFailure=yes", "-o", "ControlMaster=no",
-             "-L", f"127.0.0.1:{local}:{address}:{port}", host.name],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        try:
-            _wait_for_port(proc, local, host.name)
-            yield "127.0.0.1", local
-        finally:
-            proc.terminate()
+    def redis_socket(self, host: Host, address: str, port: int) -> str:
+        """A unix socket forwarded to address:port as seen from host (Redis behind its private address), through an
+        SSH master that outlives this operation by TUNNEL_PERSIST seconds: the next `fab` call finds it open and
+        spends no SSH handshake. The socket (0600, ssh's StreamLocalBindMask) and the master's control socket live
+        in the user's own 0700 folder, named for everything that reaches the host, so a changed inventory gets a
+        new tunnel."""
+        folder = persistent_dir()
+        block = ssh_config_text([host], folder) + f"{address}:{port}"
+        name = hashlib.sha256(block.encode()).hexdigest()[:20]
+        control, socket_path = folder / f"{name}.ctl", folder / f"{name}.sock"
+        base = ["ssh", "-F", str(self.config), "-o", f"ControlPath={control}"]
+        if socket_path.exists() and _ssh([*base, "-O", "check", host.name]).returncode == 0:
+            return str(socket_path)
+        _ssh([*base, "-O", "exit", host.name])  # a master without its socket (the folder was cleaned): replaced
+        control.unlink(missing_ok=True)  # a dead master's socket: ssh would run without multiplexing, for ever
+        master = [*base, "-f", "-N", "-o", "ControlMaster=yes", "-o", f"ControlPersist={TUNNEL_PERSIST}",
+                  "-o", "ExitOnForwardFailure=yes", "-o", "StreamLocalBindUnlink=yes",
+                  "-L", f"{socket_path}:{address}:{port}", host.name]
+        # The master forks into the background once the forward is up: its output goes to a file, not to pipes
+        # that would stay open as long as it lives.
+        with tempfile.TemporaryFile() as errors:
             try:
-                proc.wait(timeout=5)
+                code = subprocess.run(master, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
+                                      timeout=CONNECT_TIMEOUT + 10, check=False).returncode
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                code = 255
+            errors.seek(0)
+            stderr = errors.read().decode(errors="replace")
+        if code != 0 or not socket_path.exists():
+            why = " ".join(stderr.strip().splitlines()[-3:]) or f"exit code {code}"
+            raise StoreUnavailable(f"the SSH tunnel to Redis through {host.name} failed: {why}")
+        return str(socket_path)
+
+
+def persistent_dir() -> Path:
+    """The user's own folder for SSH masters that outlive one command: under $XDG_CACHE_HOME (~/.cache), 0700."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    folder = Path(base) / "frontfleet" / "ssh"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    return folder
+
+
+def _ssh(argv: list[str], timeout: float = 10) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(argv, 255, "", f"no answer within {timeout:.0f}s")
 
 
 def _failure(host: str, code: int, stderr: str) -> HostError:
@@ -187,23 +221,3 @@ def _failure(host: str, code: int, stderr: str) -> HostError:
     if code == 255:
         return HostUnreachable(host, f"unreachable over SSH ({text})")
     return RemoteCommandFailed(host, text, code)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for_port(proc: subprocess.Popen[bytes], port: int, host: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            why = stderr.strip() or f"exit code {proc.returncode}"
-            raise StoreUnavailable(f"the SSH tunnel to Redis through {host} failed: {why}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise StoreUnavailable(f"the SSH tunnel to Redis through {host} did not open within {timeout:.0f}s")

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 
@@ -70,16 +70,12 @@ def session(inventory: str | None = None) -> Iterator[Session]:
     port = int(fleet.setting("frontfleet_redis_port"))
     with Remote(fleet) as remote:
         if fleet.setting("frontfleet_redis_direct"):
-            yield _open(fleet, remote, address, port, password)
-            return
-        with remote.tunnel(fleet.redis, address, port) as (local_host, local_port):
-            yield _open(fleet, remote, local_host, local_port, password)
-
-
-def _open(fleet: Fleet, remote: Remote, host: str, port: int, password: str) -> Session:
-    client = redis.Redis(host=host, port=port, username=PUBLISHER_USER, password=password, decode_responses=True,
-                         socket_connect_timeout=5)
-    return Session(fleet, remote, Store(client, fleet.namespace))
+            where: dict[str, Any] = {"host": address, "port": port}
+        else:  # through the redis host, on a tunnel that the next command finds open
+            where = {"unix_socket_path": remote.redis_socket(fleet.redis, address, port)}
+        client = redis.Redis(**where, username=PUBLISHER_USER, password=password, decode_responses=True,
+                             socket_connect_timeout=5)
+        yield Session(fleet, remote, Store(client, fleet.namespace))
 
 
 def host_pool(hosts: list[Host]) -> ThreadPoolExecutor:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -296,6 +298,39 @@ def test_rollout_with_redis_reachable_only_through_the_ssh_tunnel(deployed: Depl
     assert_fleet_serves(deployed, build)
     code, rows = status_json(tunnelled)
     assert code == 0 and {r["release"] for r in rows} == {result["release"]}
+
+
+def _tunnel_master(control: Path) -> int:
+    """The pid of the SSH master behind a control socket (0 when none answers)."""
+    check = subprocess.run(["ssh", "-o", f"ControlPath={control}", "-O", "check", "redis1"], capture_output=True,
+                           text=True, timeout=10)
+    found = re.search(r"pid=(\d+)", check.stderr)
+    return int(found.group(1)) if check.returncode == 0 and found else 0
+
+
+def test_the_tunnel_to_redis_outlives_one_command_and_a_dead_one_is_replaced(
+        deployed: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # this test's own tunnels and fleet cache
+    folder = tmp_path / "cache" / "frontfleet" / "ssh"
+    assert deployed.fab("status").returncode == 0
+    sockets = list(folder.glob("*.sock"))
+    assert len(sockets) == 1 and sockets[0].stat().st_mode & 0o777 == 0o600
+    assert folder.stat().st_mode & 0o777 == 0o700
+    control = sockets[0].with_suffix(".ctl")
+    first = _tunnel_master(control)
+    try:
+        assert first, "no SSH master kept the tunnel open after the command"
+        assert deployed.fab("data-set", "tunnel-probe", "1").returncode == 0
+        assert _tunnel_master(control) == first, "the second command opened a tunnel of its own"
+        os.kill(first, signal.SIGKILL)  # fab started it; a tunnel that died (host rebooted, network cut)
+        wait_until(lambda: _tunnel_master(control) == 0, timeout=10, what="the killed master to be gone")
+        again = deployed.fab("data-get", "tunnel-probe")
+        assert again.returncode == 0 and again.stdout.strip() == "1"
+        assert _tunnel_master(control) not in (0, first)
+    finally:
+        subprocess.run(["ssh", "-o", f"ControlPath={control}", "-O", "exit", "redis1"], capture_output=True,
+                       timeout=10)
+        assert deployed.fab("data-del", "tunnel-probe").returncode == 0
 
 
 def test_a_host_command_that_hangs_is_killed_at_its_timeout_and_the_host_named(deployed: Deployment) -> None:
