@@ -123,6 +123,20 @@ def data_list(c, json=False, inventory=None):
     _run(json, lambda s: reports.data_list(s.store), inventory)
 
 
+@task(name="data-export", help={"file": "write it here (0600) instead of to stdout", "json": "print JSON",
+                                "inventory": INVENTORY_HELP})
+def data_export(c, file=None, json=False, inventory=None):
+    """Every data key and value, as a file `fab data-import` reads (exact JSON values)."""
+    _run(json, lambda s: reports.data_export(s.store, file), inventory)
+
+
+@task(name="data-import", help={"file": "an export file (or - for stdin)", "replace": "also delete the keys the file "
+                                "does not hold", "json": "print JSON", "inventory": INVENTORY_HELP})
+def data_import(c, file, replace=False, json=False, inventory=None):
+    """Make the shared data what an export file holds: checked whole first, then one change per key that differs."""
+    _run(json, lambda s: reports.data_import(s.store, file, bool(replace)), inventory)
+
+
 @task(help={"force": "break a dead holder's lock (prints a warning naming it)", "json": "print JSON",
             "inventory": INVENTORY_HELP})
 def lock(c, force=False, json=False, inventory=None):

@@ -58,6 +58,14 @@ def data_del(args: argparse.Namespace) -> Report:
     return reports.data_del(_store(args), args.key)
 
 
+def data_export(args: argparse.Namespace) -> Report:
+    return reports.data_export(_store(args), args.file)
+
+
+def data_import(args: argparse.Namespace) -> Report:
+    return reports.data_import(_store(args), args.file, args.replace)
+
+
 def data_list(args: argparse.Namespace) -> Report:
     return reports.data_list(_store(args))
 

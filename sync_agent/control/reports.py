@@ -4,10 +4,14 @@ tasks and `sync-agent` subcommands run the same operation and print the same Rep
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 from typing import Any
 
-from ..errors import EXIT_UNHEALTHY
+from ..errors import EXIT_UNHEALTHY, UsageError
+from ..fsutil import atomic_write
 from ..report import Report
+from . import datafile
 from .hoststatus import fleet_view
 from .lock import DeployLock, default_holder
 from .rollout import RolloutResult
@@ -115,6 +119,36 @@ def data_del(store: Store, key: str) -> Report:
     if not change.revision:
         return Report({"key": key, "deleted": False}, f"{key} was not set")
     return _change(change, f"{key} deleted", key=key, deleted=True)
+
+
+def data_export(store: Store, file: str | None = None) -> Report:
+    """Every key and value as a file `data import` reads (on stdout without file)."""
+    document = datafile.export_document(store)
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    skipped = document["skipped"]
+    warning = (f"warning: not exported, their stored values are ones agents refuse: {', '.join(skipped)}"
+               if skipped else "")
+    if file is None:
+        return Report(document, text.rstrip("\n"), warning=warning)
+    try:
+        atomic_write(file, text.encode(), mode=0o600)
+    except OSError as err:
+        raise UsageError(f"cannot write {file}: {err.strerror}") from err
+    summary = {k: v for k, v in document.items() if k != "data"} | {"keys": len(document["data"]), "file": file}
+    return Report(summary, f"exported {len(document['data'])} key(s) at revision {document['revision']} to {file}",
+                  warning=warning)
+
+
+def data_import(store: Store, file: str, replace: bool = False) -> Report:
+    """Make the store hold what an export file holds (with replace: and no other key)."""
+    try:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text()
+    except OSError as err:
+        raise UsageError(f"cannot read {file}: {err.strerror}") from err
+    result = datafile.import_values(store, datafile.parse_document(text, file), replace)
+    text = (f"imported {file}: {len(result.set)} key(s) set, {len(result.deleted)} deleted, {result.unchanged} "
+            f"unchanged" + (f"; at revision {result.revision}" if result.revision else ""))
+    return Report(vars(result), text)
 
 
 def data_list(store: Store) -> Report:

@@ -1,0 +1,78 @@
+"""Shared data to and from a file: `fab data-export` writes every key and value; `fab data-import` makes the store
+hold what a file holds. Values are exact JSON (agents re-serialize them, so an export imported again gives
+byte-identical data.json on every host). docs/reliability.md says when to use them.
+
+An import is checked whole before anything is written (the format, every key and value as `data set` checks
+them, the data set's caps after the import), then written one change per key that differs, in key order: agents
+apply it like any other changes. Onto an empty store the first change makes the epoch, as any change does; an
+import carries data only, never the release (a rollout or `fab publish` sets that).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ProtocolError, UsageError
+from ..protocol import MAX_DATA_BYTES, MAX_DATA_KEYS, validate_data_key, validate_json_value
+from .store import Store
+
+FORMAT = "frontfleet-data/1"
+
+
+@dataclass
+class ImportResult:
+    """What an import changed; revision is the last change's (0: nothing changed)."""
+
+    set: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    revision: int = 0
+
+
+def export_document(store: Store) -> dict[str, Any]:
+    """Every key and value, with the namespace and the point in the store's history they were read at."""
+    snapshot = store.snapshot()
+    return {"format": FORMAT, "namespace": store.keys.namespace, "epoch": snapshot.epoch,
+            "revision": snapshot.revision, "data": dict(sorted(snapshot.data.items())),
+            "skipped": list(snapshot.bad_keys)}  # stored values agents refuse: not exported
+
+
+def parse_document(text: str, source: str) -> dict[str, str]:
+    """The data of an export file as key → compact JSON, every key and value checked; UsageError says what is wrong."""
+    try:
+        body = json.loads(text)
+    except ValueError as err:
+        raise UsageError(f"{source} is not JSON ({err}); it must be what `fab data-export` wrote") from err
+    if not isinstance(body, dict) or body.get("format") != FORMAT or not isinstance(body.get("data"), dict):
+        raise UsageError(f"{source} is not a frontfleet data export (format {FORMAT!r} with a \"data\" object)")
+    values: dict[str, str] = {}
+    for key, value in body["data"].items():
+        try:
+            values[validate_data_key(key)] = validate_json_value(json.dumps(value, ensure_ascii=False))
+        except ProtocolError as err:
+            raise UsageError(f"{source}: key {key!r}: {err}; nothing was imported") from err
+    return values
+
+
+def import_values(store: Store, values: dict[str, str], replace: bool = False) -> ImportResult:
+    """Make the store hold values (with replace: and no other key), one change per key that differs."""
+    current = {key: json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+               for key, value in store.data_list().items()}
+    after = dict(values) if replace else {**current, **values}
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in after.items())
+    if len(after) > MAX_DATA_KEYS or size > MAX_DATA_BYTES:
+        raise UsageError(f"after the import the data set would hold {len(after)} keys and {size} bytes; the limits "
+                         f"are {MAX_DATA_KEYS} keys and {MAX_DATA_BYTES} bytes; nothing was imported")
+    result = ImportResult()
+    for key in sorted(values):
+        if current.get(key) == values[key]:
+            result.unchanged += 1
+            continue
+        result.revision = store.data_set(key, values[key]).revision
+        result.set.append(key)
+    for key in sorted(set(current) - set(values)) if replace else ():
+        result.revision = store.data_del(key).revision or result.revision
+        result.deleted.append(key)
+    return result
