@@ -303,6 +303,20 @@ def test_data_commands_reach_every_host_and_answer_in_json(deployed: Deployment)
     assert "banner" not in fab_json(deployed, "data-list")
 
 
+def test_data_export_and_import_round_trip_through_fab(deployed: Deployment, tmp_path: Path) -> None:
+    value = {"text": "export me", "n": 1}
+    fab_json(deployed, "data-set", "exported", json.dumps(value))
+    backup = tmp_path / "backup.json"
+    exported = fab_json(deployed, "data-export", "--file", str(backup))
+    assert exported["file"] == str(backup) and json.loads(backup.read_text())["data"]["exported"] == value
+    fab_json(deployed, "data-del", "exported")
+    imported = fab_json(deployed, "data-import", str(backup))
+    assert "exported" in imported["set"]
+    wait_until(lambda: all(deployed.env_js(h)["data"].get("exported") == value for h in deployed.web_hosts),
+               timeout=10, what="every host to serve the imported key")
+    assert fab_json(deployed, "data-del", "exported")["deleted"]
+
+
 def test_lock_force_breaks_a_stale_lock_and_names_its_holder(deployed: Deployment, builds: Builds) -> None:
     rollout(deployed, builds.b)
     holder = "rollout of 0123456789abcdef by ci@gone-runner pid 4242"  # a rollout whose process died
