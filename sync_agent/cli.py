@@ -219,6 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = _handler(args.handler)(args)
     except FrontfleetError as err:
+        if args.handler.startswith("host:"):  # stdout is the controller's answer channel (stage, have): stderr only
+            print(f"sync-agent: {err}", file=sys.stderr)
+            return err.exit_code
         report = error_report(err)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -107,9 +107,10 @@ def test_an_interrupted_stream_exits_3_not_as_bad_input_and_leaves_no_release(tm
     stream = io.BytesIO()
     write_stream(stream, manifest, builds[0], [e.sha256 for e in manifest.entries])
     cut = stream.getvalue()[:-10]
-    result = run("stage", "--root", str(root), "--id", manifest.release_id, stdin=cut)
+    result = run("stage", "--root", str(root), "--id", manifest.release_id, "--json", stdin=cut)
     assert result.returncode == EXIT_UNAVAILABLE and b"Traceback" not in result.stderr
     assert b"the transfer was interrupted" in result.stderr
+    assert b"error" not in result.stdout, "stage's stdout is the controller's answer channel: errors go to stderr"
     assert list((root / "releases").iterdir()) == []
 
 
