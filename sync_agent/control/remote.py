@@ -22,13 +22,21 @@ from contextlib import suppress
 from pathlib import Path
 from typing import IO
 
-from ..errors import FrontfleetError, HostError, HostUnreachable, RemoteCommandFailed, StoreUnavailable
+from ..errors import (
+    FrontfleetError,
+    HostError,
+    HostUnreachable,
+    RemoteCommandFailed,
+    StoreUnavailable,
+    UsageError,
+)
 from .inventory import Fleet, Host
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10
 TUNNEL_PERSIST = 300  # seconds an unused tunnel to Redis stays up for the next command
+MAX_SOCKET_PATH = 103  # sun_path holds 104 bytes on the BSDs, 108 on Linux, the terminating NUL included
 
 
 def ssh_config_text(hosts: list[Host], control_dir: Path) -> str:
@@ -174,6 +182,9 @@ class Remote:
         block = ssh_config_text([host], folder) + f"{address}:{port}"
         name = hashlib.sha256(block.encode()).hexdigest()[:20]
         control, socket_path = folder / f"{name}.ctl", folder / f"{name}.sock"
+        if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
+            raise UsageError(f"the tunnel's socket {socket_path} is longer than a unix socket path may be "
+                             f"({MAX_SOCKET_PATH} bytes); set XDG_CACHE_HOME to a shorter folder")
         base = ["ssh", "-F", str(self.config), "-o", f"ControlPath={control}"]
         if socket_path.exists() and _ssh([*base, "-O", "check", host.name]).returncode == 0:
             return str(socket_path)

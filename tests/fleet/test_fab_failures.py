@@ -12,8 +12,10 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -310,8 +312,9 @@ def _tunnel_master(control: Path) -> int:
 
 def test_the_tunnel_to_redis_outlives_one_command_and_a_dead_one_is_replaced(
         deployed: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # this test's own tunnels and fleet cache
-    folder = tmp_path / "cache" / "frontfleet" / "ssh"
+    cache = Path(tempfile.mkdtemp(prefix="ff-", dir="/tmp"))  # short: a unix socket path holds 108 bytes
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))  # this test's own tunnels and fleet cache
+    folder = cache / "frontfleet" / "ssh"
     assert deployed.fab("status").returncode == 0
     sockets = list(folder.glob("*.sock"))
     assert len(sockets) == 1 and sockets[0].stat().st_mode & 0o777 == 0o600
@@ -328,9 +331,18 @@ def test_the_tunnel_to_redis_outlives_one_command_and_a_dead_one_is_replaced(
         assert again.returncode == 0 and again.stdout.strip() == "1"
         assert _tunnel_master(control) not in (0, first)
     finally:
+        assert deployed.fab("data-del", "tunnel-probe").returncode == 0
         subprocess.run(["ssh", "-o", f"ControlPath={control}", "-O", "exit", "redis1"], capture_output=True,
                        timeout=10)
-        assert deployed.fab("data-del", "tunnel-probe").returncode == 0
+        shutil.rmtree(cache)
+
+
+def test_a_tunnel_socket_path_too_long_for_unix_is_refused_clearly(deployed: Deployment, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / ("c" * 80)))
+    result = deployed.fab("status")
+    assert result.returncode == 2 and "longer than a unix socket path may be" in result.stderr
+    assert "XDG_CACHE_HOME" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_host_command_that_hangs_is_killed_at_its_timeout_and_the_host_named(deployed: Deployment) -> None:
