@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default=".", help="the frontfleet checkout")
     _json_option(p)
 
+    p = add("wheels-lock", "control:wheels_lock", "resolve the hosts' dependencies again and write the wheel lock "
+            "with every wheel's sha256 (a maintainer's step; needs the package index)")
+    _json_option(p)
+
     release = add("release", "", "publish, roll back and list releases")
     rsub = release.add_subparsers(dest="release_command", required=True, metavar="ACTION")
     p = add("publish", "control:release_publish", "make a release staged on every web host of an inventory the "

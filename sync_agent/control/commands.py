@@ -13,7 +13,7 @@ from . import reports
 from .rollout import publish, rollback, rollout, sync_new_hosts
 from .session import session
 from .store import Store, connect
-from .wheels import build_wheels
+from .wheels import LOCK_FILE, build_wheels, update_lock
 
 
 def _store(args: argparse.Namespace) -> Store:
@@ -82,6 +82,13 @@ def acl(args: argparse.Namespace) -> Report:
     user, rules = acl_user(Keys(args.namespace), None if args.publisher else args.host)
     password = Path(args.password_file).read_text().strip() if args.password_file else None
     return Report({"user": user, "rules": rules}, acl_setuser_line(user, rules, password))
+
+
+def wheels_lock(args: argparse.Namespace) -> Report:
+    lock = update_lock()
+    versions = {name: entry["version"] for name, entry in lock["packages"].items()}
+    return Report(lock, f"locked {', '.join(f'{n}=={v}' for n, v in versions.items())} for "
+                        f"{len(lock['platforms'])} platforms in {LOCK_FILE}")
 
 
 def wheels(args: argparse.Namespace) -> Report:

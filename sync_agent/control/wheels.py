@@ -1,8 +1,12 @@
 """Wheels of the agent and its dependencies, built on the controller for the hosts' platform.
 
 Hosts need no Python package index: the `sync_agent` role copies these
-wheels and installs them with `pip --no-index`. The agent's own wheel is
-built reproducibly (SOURCE_DATE_EPOCH), so an unchanged agent gives a
+wheels and installs them with `pip --no-index`. The dependencies are pinned by
+a lock (host-wheels.lock.json: one version of each package for every platform
+the hosts may run, and the sha256 of every wheel file), so two controllers never
+ship different libraries to one fleet, and a wheel that does not match its hash
+— tampered with, or corrupt — is refused before it is shipped. The agent's own
+wheel is built reproducibly (SOURCE_DATE_EPOCH), so an unchanged agent gives a
 byte-identical file that Ansible neither copies nor restarts for.
 """
 
@@ -18,6 +22,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import FrontfleetError, UsageError
 
@@ -28,6 +33,10 @@ log = logging.getLogger(__name__)
 # markers with the controller's Python, not the hosts'.
 HOST_REQUIREMENTS = ("redis>=5.0,<8", "hiredis>=3,<4", "Jinja2>=3.1,<4", "async-timeout>=4.0.3")
 REPRODUCIBLE_EPOCH = "315532800"  # 1980-01-01, the earliest date a zip file can hold
+LOCK_FILE = Path(__file__).with_name("host-wheels.lock.json")
+# The hosts' platforms the lock covers: Debian 12 and Ubuntu 24.04's Pythons and the next, on both machines.
+LOCK_PLATFORMS = tuple((python, machine) for python in ("3.11", "3.12", "3.13") for machine in ("x86_64", "aarch64"))
+AGENT_WHEEL_PREFIX = "frontfleet_sync_agent-"
 
 
 @dataclass(frozen=True)
@@ -54,22 +63,90 @@ def _platform_tags(machine: str) -> list[str]:
     return [f"manylinux_2_17_{machine}", f"manylinux2014_{machine}", f"manylinux_2_28_{machine}"]
 
 
+def _download_args(python_version: str, machine: str) -> list[str]:
+    major_minor = "".join(python_version.split(".")[:2])
+    platform_args = [arg for tag in _platform_tags(machine) for arg in ("--platform", tag)]
+    return ["--only-binary=:all:", "--python-version", python_version, "--implementation", "cp",
+            "--abi", f"cp{major_minor}", *platform_args]
+
+
+def load_lock(path: Path = LOCK_FILE) -> dict[str, Any]:
+    try:
+        lock: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise FrontfleetError(f"cannot read the wheel lock {path}: {err}; `sync-agent wheels-lock` "
+                              "writes it") from err
+    return lock
+
+
+def update_lock(path: Path = LOCK_FILE) -> dict[str, Any]:
+    """Resolve HOST_REQUIREMENTS once, then fetch exactly those versions for every platform of LOCK_PLATFORMS and
+    record the sha256 of each wheel file (a maintainer's step, with network, when the ranges or platforms change)."""
+    packages: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for python_version, machine in LOCK_PLATFORMS:
+            folder = Path(scratch) / f"{python_version}-{machine}"
+            pins = [f"{name}=={entry['version']}" for name, entry in sorted(packages.items())]
+            _pip("download", *_download_args(python_version, machine), "-d", str(folder),
+                 *(("--no-deps", *pins) if pins else HOST_REQUIREMENTS))
+            for wheel in sorted(folder.glob("*.whl")):
+                name, version = wheel.name.split("-")[:2]
+                entry = packages.setdefault(name.lower(), {"version": version, "wheels": {}})
+                if entry["version"] != version:
+                    raise FrontfleetError(f"{name} resolved to {version} for {python_version}/{machine}, not "
+                                          f"{entry['version']}")
+                entry["wheels"][wheel.name] = _sha256(wheel)
+    lock = {"requirements": list(HOST_REQUIREMENTS), "platforms": [list(p) for p in LOCK_PLATFORMS],
+            "packages": dict(sorted(packages.items()))}
+    path.write_text(json.dumps(lock, indent=1, sort_keys=True) + "\n")
+    return lock
+
+
+def _pinned_requirements(lock: dict[str, Any], folder: Path) -> Path:
+    """The lock as a pip requirements file with every hash (pip picks the wheel of the platform asked for)."""
+    lines = [f"{name}=={entry['version']} " + " ".join(f"--hash=sha256:{sha}" for sha in entry["wheels"].values())
+             for name, entry in sorted(lock["packages"].items())]
+    path = folder / "host-requirements.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _check_against_lock(dest: Path, lock: dict[str, Any]) -> None:
+    """Every dependency wheel in dest is one the lock names, with its hash; others (an older lock's) are removed."""
+    hashes = {file: sha for entry in lock["packages"].values() for file, sha in entry["wheels"].items()}
+    for wheel in sorted(dest.glob("*.whl")):
+        if wheel.name.startswith(AGENT_WHEEL_PREFIX):
+            continue
+        if wheel.name not in hashes:
+            wheel.unlink()
+        elif _sha256(wheel) != hashes[wheel.name]:
+            raise FrontfleetError(f"{wheel} does not match the sha256 the wheel lock records for it (tampered with "
+                                  "or corrupt); nothing was shipped: remove the file and deploy again")
+
+
 def build_wheels(source: Path, dest: Path, python_version: str, machine: str) -> WheelSet:
     """Build the agent's wheel and fetch its dependencies' for (python_version, machine) into dest.
 
-    Dependencies are fetched once per platform; the agent's wheel is rebuilt and
-    replaced only when its bytes differ.
+    Dependencies are the lock's versions, fetched once per platform and checked against the lock's hashes on
+    every build; the agent's wheel is rebuilt and replaced only when its bytes differ.
     """
-    major_minor = "".join(python_version.split(".")[:2])
+    lock_body = load_lock()
+    platform = [".".join(python_version.split(".")[:2]), machine]
+    _platform_tags(machine)  # refuses a machine frontfleet ships no wheels for
+    if platform not in lock_body["platforms"]:
+        raise UsageError(f"the wheel lock has no wheels for hosts on Python {platform[0]} / {machine}; add the "
+                         "platform to LOCK_PLATFORMS and run `sync-agent wheels-lock`")
     dest.mkdir(parents=True, exist_ok=True)
     before = {p.name: _sha256(p) for p in dest.glob("*.whl")}
     lock = dest / "requirements.json"
-    wanted = {"python": python_version, "machine": machine, "requirements": list(HOST_REQUIREMENTS)}
+    wanted = {"python": python_version, "machine": machine, "lock": hashlib.sha256(
+        json.dumps(lock_body, sort_keys=True).encode()).hexdigest()}
     if not lock.exists() or json.loads(lock.read_text()) != wanted:
-        platform_args = [arg for tag in _platform_tags(machine) for arg in ("--platform", tag)]
-        _pip("download", "--only-binary=:all:", "--python-version", python_version, "--implementation", "cp",
-             "--abi", f"cp{major_minor}", *platform_args, "-d", str(dest), *HOST_REQUIREMENTS)
+        with tempfile.TemporaryDirectory() as scratch:
+            _pip("download", *_download_args(python_version, machine), "--no-deps", "--require-hashes",
+                 "-d", str(dest), "-r", str(_pinned_requirements(lock_body, Path(scratch))))
         lock.write_text(json.dumps(wanted))
+    _check_against_lock(dest, lock_body)
     with tempfile.TemporaryDirectory() as scratch:
         env = {**os.environ, "SOURCE_DATE_EPOCH": REPRODUCIBLE_EPOCH}
         build_dir = Path(scratch) / "src"
