@@ -27,7 +27,7 @@ from ..stream import offer, open_offer, read_answer, write_blobs
 from .hoststatus import fleet_view, read_statuses, wait_for_acks
 from .inventory import Host
 from .lock import default_holder
-from .session import Session, on_each, release_root
+from .session import Session, on_each, reading_answer_of, release_root
 from .store import History, release_metadata
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,9 @@ class RolloutResult:
 
 def ask_have(s: Session, host: Host, manifest: Manifest) -> tuple[bool, list[Entry]]:
     """(already staged, the entries whose content the host has nowhere)."""
-    answer: Any = s.agent_json(host, "have", "--root", release_root(host), stdin=manifest.dumps().encode())
-    return bool(answer["staged"]), [Entry(e["path"], e["size"], e["sha256"]) for e in answer["missing"]]
+    answer = s.agent_json(host, "have", "--root", release_root(host), stdin=manifest.dumps().encode())
+    with reading_answer_of(host):
+        return bool(answer["staged"]), [Entry(e["path"], e["size"], e["sha256"]) for e in answer["missing"]]
 
 
 def _stage_command(s: Session, host: Host, release: str) -> list[str]:
@@ -149,17 +150,20 @@ def stage_from_build(s: Session, host: Host, manifest: Manifest, offered: Future
         write_blobs(writer, manifest, build, missing,  # type: ignore[arg-type]
                     progress=lambda n: progress.stage_advanced(host.name, n))
 
-    answer = json.loads(s.remote.stream(host, _stage_command(s, host, manifest.release_id), talk))
-    result = HostStaging(host.name, bool(answer["already_staged"]), int(answer["files_written"]),
-                         writers[0].count, int(answer["files_linked"]))
+    output = s.remote.stream(host, _stage_command(s, host, manifest.release_id), talk)
+    with reading_answer_of(host):
+        answer = json.loads(output)
+        result = HostStaging(host.name, bool(answer["already_staged"]), int(answer["files_written"]),
+                             writers[0].count, int(answer["files_linked"]))
     progress.stage_finished(host.name, result)
     return result
 
 
 def staged_on(s: Session, host: Host) -> list[str]:
     """The releases staged and verified on a host, from its own `sync-agent status`."""
-    answer: Any = s.agent_json(host, "status", "--root", release_root(host), "--json")
-    return list(answer["staged"])
+    answer = s.agent_json(host, "status", "--root", release_root(host), "--json")
+    with reading_answer_of(host):
+        return [str(release) for release in answer["staged"]]
 
 
 def stage_everywhere(hosts: list[Host], stage_one: Callable[[Host], HostStaging]) -> dict[str, HostStaging]:
@@ -382,8 +386,9 @@ def prune(s: Session, keep: int | None = None, token: str | None = None) -> dict
             command = ["prune", "--root", release_root(host), "--keep", str(keep), "--json"]
             for release in protect:
                 command += ["--protect", release]
-            answer: Any = s.agent_json(host, *command)
-            return list(answer["removed"])
+            answer = s.agent_json(host, *command)
+            with reading_answer_of(host):
+                return [str(release) for release in answer["removed"]]
 
         removed, failures = on_each(list(s.fleet.web), prune_one)
         if failures:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from ..errors import FrontfleetError, UsageError
+from ..errors import FrontfleetError, HostError, UsageError
 from ..protocol import PUBLISHER_USER
 from .fleetcache import cached_fleet
 from .inventory import Fleet, Host
@@ -45,8 +45,21 @@ class Session:
         """The command line of `sync-agent ARGS` on host (the agent's own virtualenv)."""
         return [f"{host.settings['frontfleet_agent_venv']}/bin/sync-agent", *args]
 
-    def agent_json(self, host: Host, *args: str, stdin: bytes | None = None, timeout: float = 120) -> object:
-        return json.loads(self.remote.run(host, self.agent(host, *args), stdin=stdin, timeout=timeout))
+    def agent_json(self, host: Host, *args: str, stdin: bytes | None = None, timeout: float = 120) -> Any:
+        output = self.remote.run(host, self.agent(host, *args), stdin=stdin, timeout=timeout)
+        with reading_answer_of(host):
+            return json.loads(output)
+
+
+@contextmanager
+def reading_answer_of(host: Host) -> Iterator[None]:
+    """What a host answers is input too: an answer this controller cannot read (another version, a broken or
+    hostile host) fails that host, named, instead of the whole operation with a traceback."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise HostError(host.name, f"answered what this controller cannot read ({type(err).__name__}: {err}); "
+                                   "is its agent the same version?") from err
 
 
 def release_root(host: Host) -> str:
