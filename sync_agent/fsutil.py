@@ -51,6 +51,19 @@ def atomic_write(path: StrPath, data: bytes, mode: int = 0o644) -> None:
         raise
 
 
+def user_cache_dir(name: str) -> Path:
+    """$XDG_CACHE_HOME/frontfleet/<name> (~/.cache/…): what the controller keeps for its user alone."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "frontfleet" / name
+
+
+def private_dir(path: Path) -> Path:
+    """path, created if it is missing, 0700 whatever the umask or an earlier run left."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
 def temp_symlink(link: StrPath, target: StrPath) -> Path:
     """A new hidden sibling of link pointing at target, ready to be renamed over link; returns its path."""
     temp = _temp_name(Path(link))

@@ -132,7 +132,12 @@ def validate_json_value(text: str) -> str:
     except ProtocolError as err:
         hint = "; quote strings twice, e.g. '\"on\"'" if "not valid JSON" in str(err) else ""
         raise ProtocolError(f"value refused: {err}{hint}") from err
-    return json.dumps(parsed, separators=(",", ":"), ensure_ascii=False)
+    return compact_json(parsed)
+
+
+def compact_json(value: Any) -> str:
+    """A data value as the store keeps it: compact, UTF-8 as is (equal values give equal text)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ProtocolError, UsageError
-from ..protocol import MAX_DATA_BYTES, MAX_DATA_KEYS, validate_data_key, validate_json_value
+from ..protocol import MAX_DATA_BYTES, MAX_DATA_KEYS, compact_json, validate_data_key, validate_json_value
 from .store import Store
 
 FORMAT = "frontfleet-data/1"
@@ -58,8 +58,7 @@ def parse_document(text: str, source: str) -> dict[str, str]:
 
 def import_values(store: Store, values: dict[str, str], replace: bool = False) -> ImportResult:
     """Make the store hold values (with replace: and no other key), one change per key that differs."""
-    current = {key: json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-               for key, value in store.data_list().items()}
+    current = {key: compact_json(value) for key, value in store.data_list().items()}
     after = dict(values) if replace else {**current, **values}
     size = sum(len(k.encode()) + len(v.encode()) for k, v in after.items())
     if len(after) > MAX_DATA_KEYS or size > MAX_DATA_BYTES:

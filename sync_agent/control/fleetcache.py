@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, private_dir, user_cache_dir
 from .inventory import DEFAULTS_FILE, REPO_ROOT, Fleet, Host, ansible_config_file, default_inventory, load_fleet
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,7 @@ _NOT_INVENTORY = {"credentials"}  # frontfleet's generated passwords live beside
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "frontfleet" / "fleets"
+    return user_cache_dir("fleets")
 
 
 def cached_fleet(source: str | None = None) -> Fleet:
@@ -101,8 +100,7 @@ def _host(raw: dict[str, Any]) -> Host:
 
 def _write(path: Path, key: str, fleet: Fleet) -> None:
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o700)
+        private_dir(path.parent)
         atomic_write(path, json.dumps({"signature": key, "fleet": asdict(fleet)}).encode(), mode=0o600)
     except OSError as err:  # a read-only home is slower, not wrong
         log.debug("cannot write the fleet cache %s: %s", path, err)

@@ -82,15 +82,10 @@ def default_inventory(cwd: Path | None = None) -> str:
     env = os.environ.get("ANSIBLE_INVENTORY")
     if env:
         return env.split(",")[0]
-    candidates = [os.environ.get("ANSIBLE_CONFIG"), str((cwd or Path.cwd()) / "ansible.cfg"),
-                  str(Path.home() / ".ansible.cfg"), "/etc/ansible/ansible.cfg"]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file():
-            parser = configparser.ConfigParser()
-            parser.read(candidate)
-            value = parser.get("defaults", "inventory", fallback=None)
-            if value:
-                return str((Path(candidate).parent / value.split(",")[0]).resolve())
+    config_file = ansible_config_file(cwd)
+    value = _ansible_cfg_value(config_file, "defaults", "inventory")
+    if config_file is not None and value:
+        return str((config_file.parent / value.split(",")[0]).resolve())
     raise ConfigError("no inventory: pass -i/--inventory, set ANSIBLE_INVENTORY, or set inventory in ansible.cfg")
 
 
@@ -119,14 +114,16 @@ def default_ssh_args() -> str:
     without loading the plugin: that costs a tenth of a second per command.)"""
     if "ANSIBLE_SSH_ARGS" in os.environ:
         return os.environ["ANSIBLE_SSH_ARGS"]
-    config_file = ansible_config_file()
-    if config_file:
-        parser = configparser.ConfigParser(interpolation=None)
-        parser.read(config_file)
-        value = parser.get("ssh_connection", "ssh_args", fallback=None)
-        if value is not None:
-            return value
-    return ANSIBLE_DEFAULT_SSH_ARGS
+    value = _ansible_cfg_value(ansible_config_file(), "ssh_connection", "ssh_args")
+    return ANSIBLE_DEFAULT_SSH_ARGS if value is None else value
+
+
+def _ansible_cfg_value(config_file: Path | None, section: str, key: str) -> str | None:
+    if config_file is None:
+        return None
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(config_file)
+    return parser.get(section, key, fallback=None)
 
 
 def load_fleet(source: str | None = None) -> Fleet:

@@ -1,10 +1,11 @@
 """Reaching hosts and Redis from the controller: the system's OpenSSH with a generated ssh_config.
 
 The client and options are the ones Ansible uses (HostName, Port, User,
-IdentityFile and the -o options of ansible_ssh_common_args, ProxyJump
-included), with ControlMaster multiplexing, so a fleet that Ansible
-reaches, frontfleet reaches. Redis is reached through a local port
-forward to the redis host unless frontfleet_redis_direct is set.
+IdentityFile and every ssh argument of the inventory, as sshargs.py turns
+them into ssh_config lines), with ControlMaster multiplexing, so a fleet that
+Ansible reaches, frontfleet reaches. Redis is reached through a unix socket
+forwarded to the redis host by an SSH master kept for the next command,
+unless frontfleet_redis_direct is set.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ..errors import (
     StoreUnavailable,
     UsageError,
 )
+from ..fsutil import private_dir, user_cache_dir
 from .inventory import Fleet, Host
 
 log = logging.getLogger(__name__)
@@ -178,7 +180,7 @@ class Remote:
         spends no SSH handshake. The socket (0600, ssh's StreamLocalBindMask) and the master's control socket live
         in the user's own 0700 folder, named for everything that reaches the host, so a changed inventory gets a
         new tunnel."""
-        folder = persistent_dir()
+        folder = private_dir(user_cache_dir("ssh"))  # SSH masters that outlive one command
         block = ssh_config_text([host], folder) + f"{address}:{port}"
         name = hashlib.sha256(block.encode()).hexdigest()[:20]
         control, socket_path = folder / f"{name}.ctl", folder / f"{name}.sock"
@@ -207,15 +209,6 @@ class Remote:
             why = " ".join(stderr.strip().splitlines()[-3:]) or f"exit code {code}"
             raise StoreUnavailable(f"the SSH tunnel to Redis through {host.name} failed: {why}")
         return str(socket_path)
-
-
-def persistent_dir() -> Path:
-    """The user's own folder for SSH masters that outlive one command: under $XDG_CACHE_HOME (~/.cache), 0700."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    folder = Path(base) / "frontfleet" / "ssh"
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
-    return folder
 
 
 def _ssh(argv: list[str], timeout: float = 10) -> subprocess.CompletedProcess[str]:
