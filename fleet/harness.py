@@ -446,7 +446,7 @@ class Fleet:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True, preexec_fn=cgroup.enter)
         _SPAWNED[proc.pid] = proc
-        (host_dir / "nspawn.pid").write_text(f"{proc.pid}\n")
+        _write_atomic(host_dir / "nspawn.pid", f"{proc.pid}\n")  # a killed run never leaves it empty
         log.debug("%s: nspawn pid %d", host.name, proc.pid)
 
     def _wait_ready(self, host: Host) -> None:
