@@ -137,6 +137,14 @@ def data_import(c, file, replace=False, json=False, inventory=None):
     _run(json, lambda s: reports.data_import(s.store, file, bool(replace)), inventory)
 
 
+@task(help={"release": "the release to publish (default: the one every web host serves)",
+            "yes": "publish without asking", "timeout": "seconds to wait for acknowledgements",
+            "json": "print JSON", "inventory": INVENTORY_HELP})
+def recover(c, release=None, yes=False, timeout=30.0, json=False, inventory=None):
+    """Rebuild a wiped (or distrusted) store from what the web hosts hold: release, history, data."""
+    _run(json, lambda s: reports.recover(s, release, bool(yes), float(timeout), bool(json)), inventory)
+
+
 @task(help={"force": "break a dead holder's lock (prints a warning naming it)", "json": "print JSON",
             "inventory": INVENTORY_HELP})
 def lock(c, force=False, json=False, inventory=None):

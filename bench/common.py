@@ -227,7 +227,7 @@ def workdir(prefix: str) -> tempfile.TemporaryDirectory[str]:
 
 def ensure_initialised(client: redis.Redis) -> None:
     """A store with an epoch, so agents come up `ready` (not `degraded: the store is empty`)."""
-    from sync_agent.control.store import Store
+    from tests.servers import new_store
 
     if not client.get(KEYS.epoch):
-        Store(client, NAMESPACE).data_set("bench", json.dumps({"seq": 0, "t": 0}))
+        new_store(client, NAMESPACE).data_set("bench", json.dumps({"seq": 0, "t": 0}))

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import local_redis
-from sync_agent.control.store import Store
+from tests.servers import new_store
 
 SIZES = (10, 100, 1000)
 CHANGES = 500
@@ -28,7 +28,7 @@ def _usec_per_call(client, command: str) -> float:
 def main() -> None:
     with tempfile.TemporaryDirectory() as workdir, local_redis(Path(workdir)) as server:
         client = server.client()
-        store = Store(client, "bench")
+        store = new_store(client, "bench")
         print(f"{'keys':>6} {'data.lua µs/set':>16} {'HSET+PUBLISH µs':>16} {'ratio':>6}")
         for size in SIZES:
             client.flushall()

@@ -29,8 +29,7 @@ from bench.common import (
     ratio,
     stop_all,
 )
-from sync_agent.control.store import Store
-from tests.servers import RedisServer
+from tests.servers import RedisServer, new_store
 
 WATCH_PER_PROCESS = 50
 SYSTEMS = ("agent", "floor_a", "floor_b")
@@ -41,7 +40,7 @@ class Publisher:
 
     def __init__(self, redis: RedisServer) -> None:
         self.client = redis.client()
-        self.store = Store(self.client, NAMESPACE)
+        self.store = new_store(self.client, NAMESPACE)
         current = self.client.hget(KEYS.data, "bench")
         self.seq = int(json.loads(current)["seq"]) if current else 0
         self.sent: dict[int, int] = {}

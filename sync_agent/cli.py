@@ -87,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", "host:run", "run the agent daemon (systemd starts this)")
     p.add_argument("--config", default="/etc/sync-agent/config.toml")
 
-    p = add("status", "host:status", "show the releases on this host's disk")
+    p = add("status", "host:status", "show the releases on this host's disk and the point its agent applied")
     p.add_argument("--root", required=True, help="release root")
+    p.add_argument("--data", action="store_true", help="also the shared data this host serves (data.json)")
     _json_option(p)
 
     p = add("manifest", "cli:manifest", "print the manifest (path, size, sha256 per file) of a build directory")
@@ -193,11 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--build", help="the build directory, e.g. dist/")
     p.add_argument("--label", help="release label (default: git describe of the build's repository)")
     p.add_argument("--check", action="store_true", help="say what would happen; change nothing")
+    p.add_argument("--init", action="store_true", help="on an empty store, make a new one when no web host has a "
+                   "release yet (the release play's first run); refused when hosts have one (see `recover`)")
     _fleet_options(p)
 
     p = add("rollback", "control:release_rollback", "roll an inventory's fleet one step back in the "
             "activation history, or --to a staged release, and wait for every host")
     p.add_argument("--to", help="a staged release to go to (default: one step back)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for acknowledgements")
+    p.add_argument("--inventory", "-i", help="Ansible inventory (default: $ANSIBLE_INVENTORY, else ansible.cfg's)")
+    _json_option(p)
+
+    p = add("recover", "control:recover", "rebuild a wiped (or distrusted) store from what an inventory's web "
+            "hosts hold: the release, its history and the data of the host with the newest applied change")
+    p.add_argument("--release", help="the release to publish (default: the one every web host serves)")
+    p.add_argument("--yes", action="store_true", help="publish without asking")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for acknowledgements")
     p.add_argument("--inventory", "-i", help="Ansible inventory (default: $ANSIBLE_INVENTORY, else ansible.cfg's)")
     _json_option(p)

@@ -78,6 +78,25 @@ class StoreUnavailable(FrontfleetError):
     exit_code = EXIT_UNAVAILABLE
 
 
+class StoreEmpty(FrontfleetError):
+    """The store has no epoch (Redis lost its data, or the fleet was never deployed): no change is made by
+    accident on it; `init` makes a new store, `recover` rebuilds one from what the hosts hold."""
+
+    def __init__(self) -> None:
+        super().__init__("the store is empty (no epoch: Redis lost its data, or the fleet was never deployed); "
+                         "nothing was changed. If Redis lost its data, run `fab recover` to rebuild the store from "
+                         "what the hosts hold; a new fleet is set up by `ansible-playbook deploy.yml`")
+
+
+class StoreForeign(FrontfleetError):
+    """The store's revision is past its change chain: a controller that keeps no chain (an older frontfleet) wrote
+    to it. Nothing more is written on top; agents refuse it too."""
+
+
+class StoreExists(UsageError):
+    """`init` on a store that has an epoch already."""
+
+
 class LockHeld(FrontfleetError):
     """Another operation holds the deploy lock."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,11 +27,13 @@ MAX_LABEL_LENGTH = 200
 MAX_DEPTH = 32  # nesting of arrays and objects in one value
 MAX_DATA_KEYS = 1000  # keys in NS:data, checked by lua/data.lua
 MAX_DATA_BYTES = 8 * 1024 * 1024  # key + value bytes of the whole NS:data, checked by lua/data.lua
+LOG_LENGTH = 1024  # (revision, change id) pairs NS:log keeps, newest last (docs/protocol.md, "The change chain")
 
 # Release ids, data keys, host names and namespaces share one safe charset:
 # no "/", no "..", no leading "." — they become file names and key suffixes.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-:]*$")
+_CHANGE_ID = re.compile(r"^[0-9a-f]{8,32}$")
 
 MESSAGE_TYPES = ("data", "release")
 DATA_OPS = ("set", "del")
@@ -61,6 +64,15 @@ def validate_data_key(value: object) -> str:
 
 def validate_host(value: object) -> str:
     return _check_name("host name", value, MAX_KEY_LENGTH)
+
+
+def new_change_id() -> str:
+    """A change's identity: random, so two changes never share one, whoever makes them."""
+    return uuid.uuid4().hex[:16]
+
+
+def is_change_id(value: object) -> bool:
+    return isinstance(value, str) and bool(_CHANGE_ID.match(value))
 
 
 def validate_namespace(value: object) -> str:
@@ -158,6 +170,23 @@ class Keys:
         return f"{self.namespace}:rev"
 
     @property
+    def head(self) -> str:
+        """String "<revision>:<change id>": the last change made through the chain. A revision past it means a
+        write that kept no chain (an older controller): the store is foreign."""
+        return f"{self.namespace}:head"
+
+    @property
+    def log(self) -> str:
+        """List of "<revision>:<change id>", oldest first, at most LOG_LENGTH: the recent history a snapshot
+        carries, so an agent can tell whether what it applied is part of the store's past."""
+        return f"{self.namespace}:log"
+
+    @property
+    def origin(self) -> str:
+        """JSON: how this epoch was made ("init", "import", "recover") and what it continues from."""
+        return f"{self.namespace}:epoch:origin"
+
+    @property
     def data(self) -> str:
         return f"{self.namespace}:data"
 
@@ -243,6 +272,8 @@ class Message:
     type: str
     epoch: str
     revision: int
+    id: str | None = None  # the change's id; None from a controller that keeps no chain
+    parent: str | None = None  # the id of the change before it ("" for the first change of a chain)
     data: DataChange | None = None
     desired: Desired | None = None
     switch_at: int | None = None  # release events: when to rename current, µs since the epoch on Redis' clock
@@ -268,8 +299,10 @@ def parse_message(raw: bytes | str) -> Message:
     revision = body.get("rev")
     if not isinstance(epoch, str) or not epoch or len(epoch) > MAX_ID_LENGTH:
         raise ProtocolError("message has no valid epoch")
-    if not isinstance(revision, int) or isinstance(revision, bool) or revision < 1:
+    if not isinstance(revision, int) or isinstance(revision, bool) or revision < 0:  # 0: a new epoch's seed
         raise ProtocolError("message has no valid revision")
+    change_id = body.get("id") if is_change_id(body.get("id")) else None
+    parent = body.get("parent") if body.get("parent") == "" or is_change_id(body.get("parent")) else None
     if kind == "data":
         op = body.get("op")
         if op not in DATA_OPS:
@@ -277,7 +310,7 @@ def parse_message(raw: bytes | str) -> Message:
         key = validate_data_key(body.get("key"))
         if op == "set" and "value" not in body:
             raise ProtocolError("data set message has no value")
-        return Message(kind, epoch, revision, data=DataChange(key, op, body.get("value")))
+        return Message(kind, epoch, revision, change_id, parent, data=DataChange(key, op, body.get("value")))
     desired = body.get("desired")
     if not isinstance(desired, dict):
         raise ProtocolError("release message has no desired state")
@@ -289,7 +322,7 @@ def parse_message(raw: bytes | str) -> Message:
     if switch_at is not None and (not isinstance(switch_at, int) or isinstance(switch_at, bool) or switch_at < 1):
         raise ProtocolError(f"release message switch_at must be a positive integer (µs), got {switch_at!r}")
     return Message(
-        kind, epoch, revision,
+        kind, epoch, revision, change_id, parent,
         desired=Desired(
             fleet=validate_release_id(fleet) if fleet is not None else None,
             overrides={validate_host(h): validate_release_id(r) for h, r in overrides.items()},

@@ -35,6 +35,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture
 def fresh_redis(redis_server: RedisServer) -> Iterator[RedisServer]:
     """The session's server, emptied (data and ACL users) before each test."""
+    (redis_server.workdir / "dump.rdb").unlink(missing_ok=True)  # a save an earlier test made (and restarted from)
     admin = redis_server.client()
     admin.flushall()
     for user in admin.acl_users():

@@ -107,3 +107,14 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def new_store(client: redis.Redis, namespace: str, **options: Any) -> Any:
+    """A publisher's Store on client, with the store made (`init`, as the release play does for a new fleet) if
+    it has no epoch yet: changes are refused on an empty store."""
+    from sync_agent.control.store import Store
+
+    store = Store(client, namespace, **options)
+    if store.snapshot().empty:
+        store.init()
+    return store

@@ -28,7 +28,7 @@ def rollout_build(args: argparse.Namespace) -> Report:
     with session(args.inventory) as s:
         if args.build:
             return reports.rollout(rollout(s, Path(args.build), label=args.label, canary=args.canary,
-                                           timeout=args.timeout, check=args.check))
+                                           timeout=args.timeout, check=args.check, init=args.init))
         return reports.new_hosts(sync_new_hosts(s, timeout=args.timeout, check=args.check), args.check)
 
 
@@ -40,6 +40,11 @@ def release_publish(args: argparse.Namespace) -> Report:
 def release_rollback(args: argparse.Namespace) -> Report:
     with session(args.inventory) as s:
         return reports.rollback(*rollback(s, args.to, timeout=args.timeout))
+
+
+def recover(args: argparse.Namespace) -> Report:
+    with session(args.inventory) as s:
+        return reports.recover(s, args.release, args.yes, args.timeout, args.json)
 
 
 def release_list(args: argparse.Namespace) -> Report:

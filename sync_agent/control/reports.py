@@ -12,9 +12,11 @@ from ..errors import EXIT_UNHEALTHY, UsageError
 from ..fsutil import atomic_write
 from ..report import Report
 from . import datafile
+from . import recover as recovery
 from .hoststatus import fleet_view
 from .lock import DeployLock, default_holder
 from .rollout import RolloutResult
+from .session import Session
 from .store import Change, Store
 
 
@@ -147,8 +149,24 @@ def data_import(store: Store, file: str, replace: bool = False) -> Report:
         raise UsageError(f"cannot read {file}: {err.strerror}") from err
     result = datafile.import_values(store, datafile.parse_document(text, file), replace)
     text = (f"imported {file}: {len(result.set)} key(s) set, {len(result.deleted)} deleted, {result.unchanged} "
-            f"unchanged" + (f"; at revision {result.revision}" if result.revision else ""))
+            f"unchanged" + (f"; at revision {result.revision}" if result.revision else "")
+            + ("; the store was empty: this made its new epoch" if result.new_epoch else ""))
     return Report(vars(result), text)
+
+
+# --- recovery ---------------------------------------------------------------------------------------
+
+
+def recover(s: Session, release: str | None, yes: bool, timeout: float, as_json: bool) -> Report:
+    """Show what a recovery would publish, ask (or --yes), publish it, wait for every web host."""
+    plan = recovery.plan_recovery(s, release)
+    if not as_json:
+        print(plan.to_text(), flush=True)
+    recovery.confirm(plan, yes)
+    change = recovery.recover(s, plan, timeout)
+    return Report({**plan.to_json(), "epoch": change.epoch, "revision": change.revision},
+                  f"recovered: epoch {change.epoch} holds {plan.release} and {len(plan.data)} key(s) from "
+                  f"{plan.source}; every web host took it")
 
 
 def data_list(store: Store) -> Report:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import FrontfleetError, HostError, HostFailures, RolloutFailed, UsageError
+from ..errors import FrontfleetError, HostError, HostFailures, RolloutFailed, StoreEmpty, UsageError
 from ..layout import record_path
 from ..manifest import Entry, Manifest, build_manifest
 from ..protocol import Desired, validate_release_id
@@ -166,6 +166,13 @@ def staged_on(s: Session, host: Host) -> list[str]:
         return [str(release) for release in answer["staged"]]
 
 
+def current_on(s: Session, host: Host) -> str | None:
+    """The release a host serves (its `current`), None when it has none yet."""
+    answer = s.agent_json(host, "status", "--root", release_root(host), "--json")
+    with reading_answer_of(host):
+        return str(answer["current"]) if answer["current"] else None
+
+
 def stage_everywhere(hosts: list[Host], stage_one: Callable[[Host], HostStaging]) -> dict[str, HostStaging]:
     """Stage on every host in parallel; after all have finished, any failure stops the rollout, per host."""
     results, failures = on_each(hosts, stage_one)
@@ -270,6 +277,27 @@ def cutover(s: Session, manifest: Manifest, result: RolloutResult, saved: tuple[
     result.skew_ns = _skew(s, [h.name for h in hosts])
 
 
+def ensure_store(s: Session, init: bool, check: bool) -> None:
+    """Refuse a change on an empty store; with init (the release play), make a new store when no web host has a
+    release yet (a new fleet), and refuse when some have one: Redis lost its data, and `fab recover` rebuilds it
+    from them."""
+    if not s.store.snapshot().empty:
+        return
+    if not init:
+        raise StoreEmpty()
+    releases, failures = on_each(list(s.fleet.web), lambda host: current_on(s, host))
+    if failures:
+        raise RolloutFailed("the store is empty and not every web host says what it serves, nothing was changed",
+                            failures)
+    serving = {host: f"serves {release}" for host, release in releases.items() if release}
+    if serving:
+        raise HostFailures("the store is empty but web hosts serve releases, so this is no new fleet: Redis lost its "
+                           "data; nothing was changed", serving,
+                           "run `fab recover` to rebuild the store from what the hosts hold, then deploy again")
+    if not check:
+        s.store.init()
+
+
 def _check_canary(canary: int, hosts: list[Host]) -> None:
     if canary < 0 or (canary and canary >= len(hosts)):
         raise UsageError(f"--canary must be between 1 and {len(hosts) - 1} for a fleet of {len(hosts)} hosts")
@@ -296,8 +324,9 @@ def default_label(build: Path) -> str | None:
 
 def rollout(s: Session, build: Path, label: str | None = None, canary: int = 0,
             timeout: float = DEFAULT_ACK_TIMEOUT, check: bool = False, progress: Progress | None = None,
-            token: str | None = None) -> RolloutResult:
-    """Stage a build everywhere, then cut the whole fleet over at once; roll back on any failure."""
+            token: str | None = None, init: bool = False) -> RolloutResult:
+    """Stage a build everywhere, then cut the whole fleet over at once; roll back on any failure. On an empty
+    store it is refused, unless init (see ensure_store)."""
     progress = progress or Progress()
     started = time.monotonic()
     if not build.is_dir():
@@ -310,6 +339,7 @@ def rollout(s: Session, build: Path, label: str | None = None, canary: int = 0,
     release = manifest.release_id
     _check_canary(canary, hosts)
     with s.lock.held(default_holder(f"rollout of {release}"), token=token) as held:
+        ensure_store(s, init, check)
         desired, history = s.store.desired(), s.store.history()
         result = RolloutResult(release, desired.fleet)
         if check:
@@ -348,6 +378,7 @@ def publish(s: Session, release: str, label: str | None = None, canary: int = 0,
     hosts = list(s.fleet.web)
     _check_canary(canary, hosts)
     with s.lock.held(default_holder(f"publish of {release}"), token=token):
+        ensure_store(s, init=False, check=False)
         desired, history = s.store.desired(), s.store.history()
         require_staged_everywhere(s, release)
         result = RolloutResult(release, desired.fleet)

@@ -1,9 +1,10 @@
 """The publisher's side of the store: every change is one Lua script (EVAL/EVALSHA).
 
-A script stores the change, bumps the one revision counter, and publishes
-the event with its payload, atomically, so agents apply it without a round
-trip and no two publishers can interleave. The epoch is created by the
-scripts whenever it is missing (first change, or Redis lost its data).
+A script stores the change, moves the change chain on by one (revision, head,
+log; docs/protocol.md "The change chain"), and publishes the event with its
+payload, atomically, so agents apply it without a round trip and no two
+publishers can interleave. A change is refused on a store without an epoch:
+only `seed` makes one (`init`, an import onto an empty store, `recover`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import logging
 import os
 import socket
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,19 +23,29 @@ from typing import Any
 
 import redis
 
-from ..errors import FrontfleetError, ProtocolError, StoreUnavailable, UsageError
+from ..errors import (
+    FrontfleetError,
+    ProtocolError,
+    StoreEmpty,
+    StoreExists,
+    StoreForeign,
+    StoreUnavailable,
+    UsageError,
+)
 from ..protocol import (
+    LOG_LENGTH,
     MAX_DATA_BYTES,
     MAX_DATA_KEYS,
     Desired,
     Keys,
     load_json,
+    new_change_id,
     validate_data_key,
     validate_host,
     validate_json_value,
     validate_release_id,
 )
-from ..snapshot import Snapshot, parse_snapshot, queue_snapshot
+from ..snapshot import Point, Snapshot, parse_snapshot, queue_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +84,14 @@ def connect(url: str | None = None, password_file: str | None = None, username: 
     return client
 
 
+def who_and_when() -> dict[str, str]:
+    return {"who": f"{getpass.getuser()}@{socket.gethostname()}",
+            "when": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
 def release_metadata(label: str, **extra: Any) -> dict[str, Any]:
     """What `release list` and `fab releases` show: label, who published it, when (UTC)."""
-    who = f"{getpass.getuser()}@{socket.gethostname()}"
-    return {"label": label, "who": who, "when": datetime.now(UTC).isoformat(timespec="seconds"), **extra}
+    return {"label": label, **who_and_when(), **extra}
 
 
 def _stored_value(key: str, raw: str) -> Any:
@@ -91,10 +105,14 @@ def _stored_value(key: str, raw: str) -> Any:
 
 @dataclass(frozen=True)
 class Change:
-    """What a publish did: the store's epoch and the revision it got."""
+    """What a publish did: the store's epoch, the revision it got and its id ("" when nothing changed)."""
 
     epoch: str
     revision: int
+    id: str = ""
+
+
+ORIGINS = ("init", "import", "recover")
 
 
 @dataclass(frozen=True)
@@ -121,18 +139,28 @@ class Store:
         self.switch_margin_ms = switch_margin_ms
         self._data_script = client.register_script(_script("data"))
         self._release_script = client.register_script(_script("release"))
+        self._seed_script = client.register_script(_script("seed"))
 
     def _head(self) -> list[str]:
-        return [self.keys.epoch, self.keys.revision]
+        return [self.keys.epoch, self.keys.revision, self.keys.head, self.keys.log]
 
-    def _args(self) -> list[str]:
-        return [uuid.uuid4().hex[:16], self.keys.events]
+    def _args(self, change_id: str) -> list[str]:
+        return [change_id, self.keys.events, str(LOG_LENGTH)]
 
     def _run(self, script: Any, keys: list[str], args: list[str]) -> Any:
         try:
             return script(keys=keys, args=args)
         except redis.ResponseError as err:
             message = str(err)
+            if message.startswith("EMPTY"):
+                raise StoreEmpty() from err
+            if message.startswith("FOREIGN"):
+                raise StoreForeign(f"{message.removeprefix('FOREIGN ')}; nothing was changed. Upgrade every "
+                                   "controller (docs/upgrading.md), then rebuild the store from the hosts with "
+                                   "`fab recover`") from err
+            if message.startswith("EXISTS"):
+                raise StoreExists(f"{message.removeprefix('EXISTS ')}; nothing was changed (init makes a new "
+                                  "store only where there is none; `fab recover` replaces one)") from err
             if message.startswith("NOHISTORY"):
                 raise UsageError(message.removeprefix("NOHISTORY ")) from err
             if message.startswith("LIMIT"):
@@ -146,10 +174,12 @@ class Store:
     # --- shared data --------------------------------------------------------------------------
 
     def _data(self, op: str, key: str, value: str) -> Change:
+        change_id = new_change_id()
         result = self._run(self._data_script, [*self._head(), self.keys.data],
-                           [*self._args(), op, validate_data_key(key), value, str(MAX_DATA_KEYS),
+                           [*self._args(change_id), op, validate_data_key(key), value, str(MAX_DATA_KEYS),
                             str(MAX_DATA_BYTES)])
-        return Change(result[0], int(result[1]))
+        revision = int(result[1])
+        return Change(result[0], revision, change_id if revision else "")
 
     def data_set(self, key: str, value_json: str) -> Change:
         """Set a key; a value agents could not serve, or one over the data set's caps, is refused (exit 2)."""
@@ -174,9 +204,38 @@ class Store:
     def _release(self, op: str, release: str, meta: dict[str, Any] | None = None,
                  hosts: Iterable[str] = ()) -> Change:
         keys = [*self._head(), self.keys.desired, self.keys.history, self.keys.history_position, self.keys.releases]
-        args = [*self._args(), op, release, json.dumps(meta) if meta else "", str(self.switch_margin_ms), *hosts]
+        change_id = new_change_id()
+        args = [*self._args(change_id), op, release, json.dumps(meta) if meta else "", str(self.switch_margin_ms),
+                *hosts]
         result = self._run(self._release_script, keys, args)
-        return Change(result[0], int(result[1]))
+        return Change(result[0], int(result[1]), change_id)
+
+    # --- new epochs ---------------------------------------------------------------------------
+
+    def seed(self, how: str, continues_from: Point | None = None, data: dict[str, str] | None = None,
+             release: str | None = None, history: list[str] | None = None,
+             metadata: dict[str, dict[str, Any]] | None = None, replace: bool = False) -> Change:
+        """Make a new epoch holding exactly this state, in one step; its origin says how it was made and what it
+        continues from (agents follow a new epoch only when it continues from what they applied, or is a
+        recovery). Refused on a store that has an epoch unless replace (StoreExists)."""
+        if how not in ORIGINS:
+            raise ValueError(f"unknown origin {how!r}")
+        change_id = new_change_id()
+        epoch = new_change_id()
+        origin = {"how": how, "continues_from": continues_from.to_json() if continues_from else None,
+                  **who_and_when()}
+        keys = [*self._head(), self.keys.origin, self.keys.data, self.keys.desired, self.keys.history,
+                self.keys.history_position, self.keys.releases]
+        pairs = [item for key in sorted(data or {}) for item in (validate_data_key(key), (data or {})[key])]
+        args = [*self._args(change_id), epoch, "replace" if replace else "", json.dumps(origin),
+                validate_release_id(release) if release else "", json.dumps(history or []),
+                json.dumps({r: json.dumps(m) for r, m in (metadata or {}).items()}), *pairs]
+        result = self._run(self._seed_script, keys, args)
+        return Change(result[0], int(result[1]), change_id)
+
+    def init(self) -> Change:
+        """A new, empty store for a new fleet (the release play runs it when no web host has a release yet)."""
+        return self.seed("init")
 
     def activate(self, release: str, meta: dict[str, Any] | None = None) -> Change:
         """Move the whole fleet to a release (a rollout): history appends, overrides are cleared."""

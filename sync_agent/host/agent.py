@@ -27,7 +27,15 @@ import time
 from dataclasses import dataclass, field
 
 from .. import __version__
-from ..errors import EXIT_FAILURE, EXIT_OK, ConfigError, ConnectionLost, FrontfleetError, SnapshotRefused
+from ..errors import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    ConfigError,
+    ConnectionLost,
+    FrontfleetError,
+    ProtocolError,
+    SnapshotRefused,
+)
 from ..layout import current_release, previous_release
 from ..protocol import HostStatus, Message, parse_message
 from ..snapshot import Snapshot
@@ -36,7 +44,7 @@ from .config import AgentConfig, load_config
 from .decisions import Verdict
 from .notify import Notifier, watchdog_interval
 from .releases import PreparedSwitch
-from .shared_data import ReleaseInfo, SharedFiles
+from .shared_data import APPLIED_FILE, ReleaseInfo, SharedFiles
 from .state import AppliedState, Batch
 
 log = logging.getLogger(__name__)
@@ -223,11 +231,8 @@ class Agent:
             elif verdict is Verdict.IGNORE:
                 log.debug("ignored event of epoch %s revision %d after this batch's resync", message.epoch,
                           message.revision)
-            elif message.epoch != self.applied.epoch:
-                await self._resync(bus, batch, f"message from epoch {message.epoch}, applied epoch "
-                                               f"{self.applied.epoch or '-'}")
             else:
-                await self._resync(bus, batch, f"gap: got revision {message.revision} after {self.applied.revision}")
+                await self._resync(bus, batch, self._why_resync(message))
         if batch.applied:
             log.info("applied revisions %d..%d (%d change(s)) in epoch %s", batch.first, self.applied.revision,
                      batch.applied, self.applied.epoch)
@@ -237,6 +242,18 @@ class Agent:
             await self.ack(bus)  # a skipped message or a refused snapshot shows in the status at once
             self._tell_systemd()
         return batch.applied
+
+    def _why_resync(self, message: Message) -> str:
+        applied = self.applied
+        if message.epoch != applied.epoch:
+            return f"message from epoch {message.epoch}, applied epoch {applied.epoch or '-'}"
+        if message.revision <= applied.revision:
+            return (f"revision {message.revision} came again as change {message.id or '(no id)'}, this host applied "
+                    f"{applied.known.get(message.revision)}")
+        if message.revision == applied.revision + 1:
+            return (f"change {message.id or '(no id)'} of revision {message.revision} does not chain onto "
+                    f"{applied.change_id or '(none)'} (its parent: {message.parent or '(none)'})")
+        return f"gap: got revision {message.revision} after {applied.revision}"
 
     async def _read_snapshot(self, bus: Bus) -> Snapshot | None:
         """The snapshot, or None when it is refused whole (its epoch or revision cannot be read): the host then
@@ -258,7 +275,7 @@ class Agent:
         snapshot = await self._read_snapshot(bus)
         if snapshot is None:
             return  # nothing in it applies: the files stay as they are, the refusal shows in the status
-        if not self.applied.is_news(snapshot):
+        if not self.applied.is_news(snapshot) and self.applied.synced:
             log.debug("a stale message (%s); the store is where this host is", why)
             return
         self.applied.apply_snapshot(snapshot, batch, why)
@@ -340,9 +357,20 @@ class Agent:
         self._write_retry_at = None
 
     def _advance_ack(self) -> None:
-        """The acknowledged (epoch, revision) moves only once every write for it landed, templates included."""
-        if not self._write_errors and not self._render_due:
-            self.applied.acked = (self.applied.epoch, self.applied.revision)
+        """The acknowledged (epoch, revision) moves only once every write for it landed, templates included, and
+        the applied point is on disk (so a restart does not forget it)."""
+        if (self._write_errors and set(self._write_errors) != {"applied"}) or self._render_due:
+            return
+        point = self.applied.point
+        if point is None or point == self.applied.acked_point:
+            return
+        try:
+            self.shared.write_applied(point, self.applied.left)
+        except OSError as err:
+            self._write_failed("applied", f"cannot write {self.shared.shared_dir / APPLIED_FILE}: {err}")
+            return
+        self._write_landed("applied")
+        self.applied.acked, self.applied.acked_id = (point.epoch, point.revision), point.id
 
     async def _retry_writes(self, bus: Bus) -> None:
         """Write everything again (data.json, current, the templates) after a write failed; until it lands, the
@@ -481,7 +509,7 @@ class Agent:
         batch = Batch()
         if snapshot.epoch == self.applied.epoch and snapshot.revision > self.applied.revision and bus.pending():
             return  # behind only by what has arrived already (a burst): the next batch closes it or shows the gap
-        if snapshot.epoch != self.applied.epoch or snapshot.revision != self.applied.revision:
+        if self.applied.is_news(snapshot) or "history" in self.applied.errors or not self.applied.synced:
             why = (f"reconcile: store at epoch {snapshot.epoch or '-'} revision {snapshot.revision}, "
                    f"applied epoch {self.applied.epoch or '-'} revision {self.applied.revision}")
             if not (snapshot.empty and self.applied.store_empty):
@@ -555,6 +583,18 @@ class Agent:
 
     # --- the process ----------------------------------------------------------------------------
 
+    def _restore_applied(self) -> None:
+        """Start from the point acknowledged before the restart. A file that cannot be read is reported and
+        dropped: the agent then starts as a new host would (any snapshot that vouches for itself)."""
+        try:
+            point, left = self.shared.read_applied()
+        except (OSError, ValueError, ProtocolError) as err:
+            log.error("cannot read %s (%s): starting as a new host would", self.shared.shared_dir / APPLIED_FILE, err)
+            return
+        self.applied.restore(point, left)
+        if point is not None:
+            log.info("applied before the restart: %s", point)
+
     def _signal(self, signum: int) -> None:
         """First signal: stop gracefully. Second: force."""
         if self.should_exit.is_set():
@@ -571,6 +611,7 @@ class Agent:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._signal, signum)
         self.shared.ensure_dir()
+        self._restore_applied()
         self.current = current_release(self.root)
         self.previous = previous_release(self.root)
         with contextlib.suppress(OSError):

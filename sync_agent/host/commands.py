@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import read_manifest
-from ..errors import UsageError
+from ..errors import ProtocolError, UsageError
 from ..layout import current_release, is_staged, previous_release, read_record, release_dir, staged_releases
+from ..protocol import load_json
 from ..report import Report
 from ..stream import write_stream
 from .agent import main as run_agent
 from .httpcheck import check_url
 from .releases import prune, record_verified, verify
+from .shared_data import APPLIED_FILE, DATA_FILE, SharedFiles
 from .staging import lacking, receive_stream
 
 
@@ -80,8 +82,26 @@ def prune_releases(args: argparse.Namespace) -> Report:
 
 
 def status(args: argparse.Namespace) -> Report:
+    """The releases on disk and the point this host's agent applied; with --data, also the data it serves (what
+    `fab recover` rebuilds a store from)."""
     root = Path(args.root)
     staged = [release for release, _ in staged_releases(root)]
-    data = {"current": current_release(root), "previous": previous_release(root), "staged": staged}
+    shared = SharedFiles(root / "shared", None, "")
+    try:
+        point, left = shared.read_applied()
+        applied: Any = {**point.to_json(), "left": left} if point is not None else None
+        point_text = str(point) if point is not None else "-"
+    except (OSError, ValueError, ProtocolError) as err:
+        applied = {"error": f"cannot read {root / 'shared' / APPLIED_FILE}: {err}"}
+        point_text = applied["error"]
+    data = {"current": current_release(root), "previous": previous_release(root), "staged": staged,
+            "applied": applied}
+    if args.data:
+        try:
+            data["data"] = load_json((root / "shared" / DATA_FILE).read_bytes())
+        except FileNotFoundError:
+            data["data"] = None
+        except (OSError, ProtocolError) as err:
+            data["data"] = {"error": f"cannot read {root / 'shared' / DATA_FILE}: {err}"}
     return Report(data, f"current:  {data['current'] or '-'}\nprevious: {data['previous'] or '-'}\n"
-                        f"staged:   {', '.join(staged) or '-'}")
+                        f"staged:   {', '.join(staged) or '-'}\napplied:  {point_text}")

@@ -23,6 +23,8 @@ from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 from ..fsutil import atomic_write, write_temp
+from ..protocol import MAX_ID_LENGTH, load_json
+from ..snapshot import Point
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ def replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
         temp.unlink(missing_ok=True)  # after the exchange: the old content
 
 DATA_FILE = "data.json"
+APPLIED_FILE = "applied.json"  # the applied point (epoch, revision, change id) and the epochs left; not secret
 TEMPLATE_SUFFIX = ".j2"
 
 
@@ -96,6 +99,24 @@ class SharedFiles:
         """Replace data.json with the whole data set, keys sorted so equal data gives equal bytes."""
         body = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
         replace_file(self.shared_dir / DATA_FILE, body)
+
+    def write_applied(self, point: Point, left: list[str]) -> None:
+        """Keep what this host applied (and acknowledged) across restarts, beside data.json."""
+        body = json.dumps({**point.to_json(), "left": left}, separators=(",", ":")).encode()
+        replace_file(self.shared_dir / APPLIED_FILE, body)
+
+    def read_applied(self) -> tuple[Point | None, list[str]]:
+        """What write_applied kept: (None, []) when there is nothing (a new host, or one from before the chain);
+        ValueError when the file cannot be read as one."""
+        try:
+            raw = (self.shared_dir / APPLIED_FILE).read_bytes()
+        except FileNotFoundError:
+            return None, []
+        body = load_json(raw)
+        left = body.get("left", []) if isinstance(body, dict) else None
+        if not isinstance(left, list) or not all(isinstance(e, str) and 0 < len(e) <= MAX_ID_LENGTH for e in left):
+            raise ValueError("its \"left\" is not a list of epochs")
+        return Point.from_json(body), left
 
     def templates_changed(self) -> bool:
         """True when a template was added, removed or edited since the last render (checked on reconcile)."""

@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 import redis
 
-from sync_agent.control.store import Store
 from sync_agent.protocol import PUBLISHER_USER, Keys
 from tests.fleet.deployment import Deployment, wait_until
 from tests.fleet.fab_builds import Builds, assert_fleet_serves, fab_json, release_id, rollout
 from tests.fleet.helpers import agent_pid
+from tests.servers import new_store
 
 pytestmark = pytest.mark.fleet
 
@@ -238,7 +238,7 @@ def counters(deployed: Deployment) -> dict[str, dict[str, int]]:
 def test_a_flood_of_malformed_events_takes_no_agent_down_and_the_last_valid_change_lands(
         deployed: Deployment, on_a: str) -> None:
     client = publisher(deployed)
-    store = Store(client, NAMESPACE)
+    store = new_store(client, NAMESPACE)
     keys = Keys(NAMESPACE)
     key = "faults-flood"
     before = counters(deployed)

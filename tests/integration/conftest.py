@@ -25,6 +25,7 @@ from sync_agent.manifest import build_manifest
 from sync_agent.protocol import PUBLISHER_USER, Keys, agent_acl_rules, agent_user, publisher_acl_rules
 from sync_agent.stream import write_stream
 from tests.builds import make_build
+from tests.servers import new_store
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "ff"
@@ -57,6 +58,25 @@ def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float 
         if time.monotonic() >= deadline:
             pytest.fail(f"not true after {timeout}s: {what or check}; last value {last!r}")
         time.sleep(interval)
+
+
+def chained_change(client: redis.Redis, publish: dict[str, Any] | None = None) -> int:
+    """Do by hand what the change scripts do (lua/common.lua): bump the revision, move the head, log the change;
+    then publish `publish` as its event with its id and parent (None: a change whose event is lost). Returns the
+    revision."""
+    import json
+
+    from sync_agent.protocol import new_change_id
+
+    _, _, parent = (client.get(KEYS.head) or "::").partition(":")
+    change_id = new_change_id()
+    revision = int(client.incr(KEYS.revision))
+    client.set(KEYS.head, f"{revision}:{change_id}")
+    client.rpush(KEYS.log, f"{revision}:{change_id}")
+    if publish is not None:
+        client.publish(KEYS.events, json.dumps({"v": 1, "epoch": client.get(KEYS.epoch), "rev": revision,
+                                                "id": change_id, "parent": parent, **publish}))
+    return revision
 
 
 def toml_value(value: Any) -> str:
@@ -211,7 +231,7 @@ class Fleet:
 @pytest.fixture
 def fleet(fresh_redis: Any, tmp_path: Path) -> Iterator[Fleet]:
     admin = fresh_redis.client()
-    group = Fleet(tmp_path, fresh_redis.host, fresh_redis.port, admin, Store(admin, NAMESPACE))
+    group = Fleet(tmp_path, fresh_redis.host, fresh_redis.port, admin, new_store(admin, NAMESPACE))
     try:
         yield group
     finally:
@@ -334,6 +354,7 @@ def publisher_env(fresh_redis, tmp_path):
     """The publisher's ACL user, its password in a file, and the environment a user would set."""
     with fresh_redis.client() as admin:
         admin.execute_command("ACL", "SETUSER", PUBLISHER_USER, "on", ">s3cret", *publisher_acl_rules(Keys("ff")))
+        new_store(admin, "ff")  # a new store, as the release play makes one
     password_file = tmp_path / "publisher.password"
     password_file.write_text("s3cret\n")
     return {"FRONTFLEET_REDIS_URL": f"redis://{PUBLISHER_USER}@{fresh_redis.host}:{fresh_redis.port}/0",

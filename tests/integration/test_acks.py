@@ -10,6 +10,7 @@ import pytest
 from sync_agent.control.hoststatus import fleet_view, wait_for_acks
 from sync_agent.control.store import Store
 from sync_agent.protocol import HostStatus
+from tests.servers import new_store
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +23,7 @@ def report(store: Store, host: str, release: str, revision: int, epoch: str, hea
 
 
 def test_wait_returns_once_every_host_acknowledged(fresh_redis):
-    store = Store(fresh_redis.client(), "ff")
+    store = new_store(fresh_redis.client(), "ff")
     change = store.activate("B")
 
     def agents_ack_later() -> None:
@@ -35,7 +36,7 @@ def test_wait_returns_once_every_host_acknowledged(fresh_redis):
 
 
 def test_wait_names_the_laggard_and_why(fresh_redis):
-    store = Store(fresh_redis.client(), "ff")
+    store = new_store(fresh_redis.client(), "ff")
     old = store.activate("A")
     report(store, "web2", "A", old.revision, old.epoch)
     change = store.activate("B")
@@ -47,7 +48,7 @@ def test_wait_names_the_laggard_and_why(fresh_redis):
 
 
 def test_fleet_view_flags_silent_and_lagging_hosts(fresh_redis):
-    store = Store(fresh_redis.client(), "ff")
+    store = new_store(fresh_redis.client(), "ff")
     change = store.activate("B")
     report(store, "web1", "B", change.revision, change.epoch)
     report(store, "web2", "A", change.revision, change.epoch)

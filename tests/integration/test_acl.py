@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from sync_agent.control.store import Store
 from sync_agent.protocol import PUBLISHER_USER, Keys, agent_acl_rules, agent_user, publisher_acl_rules
+from tests.servers import new_store
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ def refused(call) -> bool:
 
 
 def test_agent_reads_the_namespace_and_writes_only_its_own_status(users):
-    Store(users(PUBLISHER_USER, "pubpw"), "ff").data_set("flag", "true")
+    new_store(users(PUBLISHER_USER, "pubpw"), "ff").data_set("flag", "true")
     agent = users("agent-web1", "agentpw")
     assert agent.hget(KEYS.data, "flag") == "true"
     pipe = agent.pipeline(transaction=True)
@@ -70,7 +70,7 @@ def test_agent_subscribes_to_events_and_its_probe_and_publishes_only_its_probe(u
 
 def test_publisher_runs_the_scripts_within_the_namespace_only(users):
     publisher = users(PUBLISHER_USER, "pubpw")
-    store = Store(publisher, "ff")
+    store = new_store(publisher, "ff")
     assert store.data_set("flag", "1").revision == 1
     assert store.activate("A").revision == 2
     assert publisher.hset(KEYS.status("web1"), "x", "1") == 1

@@ -12,7 +12,10 @@ import time
 
 import pytest
 
-from .conftest import KEYS, NAMESPACE, eventually, stage, write_config
+from sync_agent.errors import StoreEmpty
+from sync_agent.snapshot import Point
+
+from .conftest import KEYS, NAMESPACE, chained_change, eventually, stage, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -70,17 +73,16 @@ def test_revision_gap_triggers_a_resync(fleet):
     admin = fleet.admin
     # A change stored but never published (its event lost), then one published with the next revision.
     admin.hset(KEYS.data, "lost", "2")
-    admin.incr(KEYS.revision)
+    chained_change(admin)
     admin.hset(KEYS.data, "after", "3")
-    rev = admin.incr(KEYS.revision)
-    admin.publish(KEYS.events, json.dumps({"v": 1, "type": "data", "epoch": change.epoch, "rev": rev,
-                                           "op": "set", "key": "after", "value": 3}))
+    rev = chained_change(admin, {"type": "data", "op": "set", "key": "after", "value": 3})
     fleet.wait_data(agent, {"seen": 1, "lost": 2, "after": 3})
     fleet.wait_revision(agent, rev)
     assert f"resync (gap: got revision {rev} after {change.revision})" in agent.log()
 
 
-def test_redis_restarted_without_its_data_gives_a_new_epoch_that_agents_follow(fleet, fresh_redis):
+def test_redis_restarted_without_its_data_is_refused_changes_and_agents_keep_serving_until_a_recovery(
+        fleet, fresh_redis):
     agents = [fleet.agent("web1"), fleet.agent("web2")]
     old = fleet.store.data_set("old", "1")
     for agent in agents:
@@ -90,27 +92,35 @@ def test_redis_restarted_without_its_data_gives_a_new_epoch_that_agents_follow(f
     for agent in agents:
         status = eventually(lambda a=agent: fleet.status(a.host).get("state") == "degraded" and fleet.status(a.host),
                             what="degraded after the data loss")
-        assert "store is empty" in status["error"]
-        assert agent.data() == {"old": 1}  # keeps serving what is on disk
-    new = fleet.store.data_set("new", "2")
-    assert new.epoch != old.epoch
+        assert "store is empty" in status["error"] and "fab recover" in status["error"]
+    with pytest.raises(StoreEmpty, match="fab recover"):
+        fleet.store.data_set("new", "2")  # no epoch by accident: one key would replace every host's data
+    fleet.store.init()  # a new store made on top of a fleet that holds data: not followed
     for agent in agents:
-        fleet.wait_data(agent, {"new": 2})
-        status = fleet.wait_revision(agent, new.revision)
+        eventually(lambda a=agent: "does not continue from" in fleet.status(a.host).get("error", ""),
+                   what="the new store refused")
+        assert agent.data() == {"old": 1}  # keeps serving what is on disk
+    applied = Point.from_json(json.loads((agents[0].shared / "applied.json").read_text()))
+    assert (applied.epoch, applied.revision) == (old.epoch, old.revision)
+    recovered = fleet.store.seed("recover", applied, {"old": "1", "new": "2"}, replace=True)
+    for agent in agents:
+        fleet.wait_data(agent, {"old": 1, "new": 2})
+        status = fleet.wait_revision(agent, recovered.revision)
         eventually(lambda a=agent: fleet.status(a.host)["state"] == "ready", what="ready again")
-        assert status["epoch"] == new.epoch
+        assert status["epoch"] == recovered.epoch != old.epoch
 
 
 def test_agent_reconnects_after_redis_is_killed_and_converges(fleet, fresh_redis):
     agent = fleet.agent("web1")
     change = fleet.store.data_set("k", "1")
     fleet.wait_revision(agent, change.revision)
+    fleet.admin.save()  # what a Redis with persistence has on disk when it is killed
     fresh_redis.stop(kill=True)
     eventually(lambda: agent.log().count("Redis connection failed") >= 2, what="retries while Redis is down")
     assert agent.process is not None and agent.process.poll() is None
     fresh_redis.start()
     fleet.recreate_users()
-    change = fleet.store.data_set("k", "2")  # the operator re-publishes
+    change = fleet.store.data_set("k", "2")
     fleet.wait_data(agent, {"k": 2})
     fleet.wait_revision(agent, change.revision)
     retry = next(line for line in agent.log().splitlines() if "Redis connection failed" in line)

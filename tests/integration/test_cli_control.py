@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from sync_agent.control.lock import DeployLock
-from sync_agent.control.store import Store, release_metadata
+from sync_agent.control.store import release_metadata
 from sync_agent.errors import EXIT_UNAVAILABLE, EXIT_UNHEALTHY, EXIT_USAGE
+from tests.servers import new_store
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +71,7 @@ def test_no_redis_configured_tells_how_to_configure_it():
 
 
 def test_release_list_shows_the_activation_history_with_labels(publisher_env, fresh_redis):
-    store = Store(fresh_redis.client(), "ff")
+    store = new_store(fresh_redis.client(), "ff")
     for release in ("rel-a", "rel-b"):
         store.activate(release, release_metadata(f"label {release}"))
     listed = json.loads(run("release", "list", "--json", env=publisher_env).stdout)

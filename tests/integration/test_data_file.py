@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sync_agent.errors import EXIT_USAGE
-from tests.integration.conftest import Fleet
+from tests.integration.conftest import Fleet, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -43,10 +43,12 @@ def test_export_then_a_wiped_store_then_import_gives_every_host_byte_identical_d
     fleet.recreate_users()
     imported = run(publisher_env, "data", "import", str(export), "--json")
     assert imported.returncode == 0, imported.stderr
-    assert sorted(json.loads(imported.stdout)["set"]) == sorted(VALUES)
-    for agent in agents:
-        fleet.wait_revision(agent, len(VALUES))
+    result = json.loads(imported.stdout)
+    assert sorted(result["set"]) == sorted(VALUES) and result["new_epoch"]  # one step: a new epoch holding it all
+    for agent in agents:  # it continues from what the hosts applied, so they follow it
+        fleet.wait_revision(agent, result["revision"])
         fleet.wait_data(agent, VALUES)
+        eventually(lambda a=agent: fleet.status(a.host)["state"] == "ready", what=f"{agent.host} ready")
     assert {agent.host: (agent.shared / "data.json").read_bytes() for agent in agents} == before
 
     again = run(publisher_env, "data", "import", str(export))

@@ -15,7 +15,7 @@ from sync_agent.control.store import Change, Store
 from sync_agent.errors import EXIT_OK, EXIT_UNHEALTHY
 from sync_agent.protocol import HostStatus
 from tests.integration.test_cli_control import run
-from tests.servers import RedisServer
+from tests.servers import RedisServer, new_store
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ def report(store: Store, host: str, change: Change, state: str, error: str = "")
 def test_a_degraded_host_exits_5_and_shows_the_agents_error_until_it_is_ready(publisher_env: dict[str, str],
                                                                              fresh_redis: RedisServer) -> None:
     with fresh_redis.client() as client:
-        store = Store(client, "ff")
+        store = new_store(client, "ff")
         change = store.activate("rel-a")
         report(store, "web1", change, "ready")
         report(store, "web2", change, "degraded", WRITE_FAILED)

@@ -75,7 +75,7 @@ def test_the_host_commands_run_from_the_host_install(host_venv: Path, tmp_path: 
     agent = str(host_venv / "bin" / "sync-agent")
     status = subprocess.run([agent, "status", "--root", str(tmp_path), "--json"], capture_output=True, text=True)
     assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout) == {"current": None, "previous": None, "staged": []}
+    assert json.loads(status.stdout) == {"current": None, "previous": None, "staged": [], "applied": None}
     for command in ([agent, "run", "--help"], [str(host_venv / "bin" / "python"), "-m", "sync_agent", "run", "--help"]):
         shown = subprocess.run(command, capture_output=True, text=True)
         assert shown.returncode == 0 and "--config" in shown.stdout, shown.stderr

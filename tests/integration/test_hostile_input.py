@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from sync_agent.control.store import Store
 from sync_agent.errors import EXIT_USAGE
 from sync_agent.protocol import MAX_DATA_BYTES, MAX_DATA_KEYS, MAX_DEPTH
 from tests.integration.conftest import KEYS, eventually
+from tests.servers import new_store
 
 pytestmark = pytest.mark.integration
 
@@ -176,7 +176,7 @@ def test_sync_agent_data_set_refuses_what_agents_could_not_serve(publisher_env, 
 
 
 def test_the_key_count_cap_holds_against_racing_publishers(fresh_redis):
-    store = Store(fresh_redis.client(), "ff")
+    store = new_store(fresh_redis.client(), "ff")
     pipe = fresh_redis.client().pipeline(transaction=False)
     for n in range(MAX_DATA_KEYS - 10):
         store.data_set(f"k{n}", "1") if n < 2 else pipe.hset(KEYS.data, f"k{n}", "1")
@@ -184,7 +184,7 @@ def test_the_key_count_cap_holds_against_racing_publishers(fresh_redis):
     refused: list[str] = []
 
     def publish(worker: int) -> None:
-        own = Store(fresh_redis.client(), "ff")
+        own = new_store(fresh_redis.client(), "ff")
         for n in range(10):
             try:
                 own.data_set(f"w{worker}-{n}", "1")
@@ -201,7 +201,7 @@ def test_the_key_count_cap_holds_against_racing_publishers(fresh_redis):
 
 
 def test_the_total_size_cap_refuses_with_exit_2(publisher_env, fresh_redis):
-    store = Store(fresh_redis.client(), "ff")
+    store = new_store(fresh_redis.client(), "ff")
     big = json.dumps("x" * (500 * 1024))
     for n in range(MAX_DATA_BYTES // (500 * 1024)):
         store.data_set(f"big{n}", big)

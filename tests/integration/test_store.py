@@ -9,8 +9,9 @@ import pytest
 import redis
 
 from sync_agent.control.store import Store
-from sync_agent.errors import ProtocolError, UsageError
-from sync_agent.protocol import Desired, parse_message
+from sync_agent.errors import ProtocolError, StoreEmpty, StoreExists, StoreForeign, UsageError
+from sync_agent.protocol import LOG_LENGTH, Desired, parse_message
+from tests.servers import new_store
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +20,7 @@ NS = "ff"
 
 @pytest.fixture
 def store(fresh_redis) -> Store:
-    return Store(fresh_redis.client(), NS)
+    return new_store(fresh_redis.client(), NS)
 
 
 def subscribe(fresh_redis) -> redis.client.PubSub:
@@ -54,7 +55,7 @@ def test_concurrent_publishers_get_strictly_increasing_revisions_and_lose_nothin
     lock = threading.Lock()
 
     def publish(worker: int) -> None:
-        own = Store(fresh_redis.client(), NS)
+        own = new_store(fresh_redis.client(), NS)
         for i in range(100):
             change = own.data_set(f"k{worker}", json.dumps(i))
             with lock:
@@ -72,13 +73,48 @@ def test_concurrent_publishers_get_strictly_increasing_revisions_and_lose_nothin
     assert store.snapshot().revision == 400
 
 
-def test_epoch_is_created_when_missing_and_kept_after(store, fresh_redis):
-    first = store.data_set("a", "1")
-    second = store.data_set("a", "2")
-    assert first.epoch == second.epoch and first.revision + 1 == second.revision
+def test_no_change_makes_an_epoch_only_init_does_and_only_once(fresh_redis):
+    store = Store(fresh_redis.client(), NS)
+    for change in (lambda: store.data_set("a", "1"), lambda: store.data_del("a"), lambda: store.activate("A")):
+        with pytest.raises(StoreEmpty, match="fab recover"):
+            change()
+    assert fresh_redis.client().keys("*") == [], "a refused change writes nothing"
+    made = store.init()
+    assert (made.revision, store.snapshot().origin.how) == (0, "init")
+    first, second = store.data_set("a", "1"), store.data_set("a", "2")
+    assert first.epoch == second.epoch == made.epoch and (first.revision, second.revision) == (1, 2)
+    with pytest.raises(StoreExists, match="already has epoch"):
+        store.init()
     fresh_redis.client().flushall()  # Redis lost its data
-    after = store.data_set("a", "3")
-    assert after.epoch != first.epoch and after.revision == 1
+    with pytest.raises(StoreEmpty):
+        store.data_set("a", "3")
+
+
+def test_every_change_is_chained_onto_the_one_before_and_the_log_keeps_the_recent_ones(store, fresh_redis):
+    pubsub = subscribe(fresh_redis)
+    changes = [store.data_set("a", str(n)) for n in range(3)] + [store.activate("A")]
+    events = drain(pubsub, 4)
+    init_id = store.snapshot().log[0][1]
+    assert [e.parent for e in events] == [init_id] + [c.id for c in changes[:-1]]
+    assert [e.id for e in events] == [c.id for c in changes]
+    snapshot = store.snapshot()
+    assert snapshot.head == (4, changes[-1].id)
+    assert snapshot.log == ((0, init_id), *((c.revision, c.id) for c in changes))
+    client = fresh_redis.client()
+    for _ in range(LOG_LENGTH + 10):
+        client.rpush(f"{NS}:log", "1:0000000000000001")  # fill it past its bound
+    store.data_set("b", "1")
+    assert client.llen(f"{NS}:log") == LOG_LENGTH and client.lindex(f"{NS}:log", -1).startswith("5:")
+
+
+def test_a_revision_bumped_around_the_chain_is_foreign_and_no_change_builds_on_it(store, fresh_redis):
+    store.data_set("a", "1")
+    fresh_redis.client().incr(f"{NS}:rev")  # what a controller of an earlier version does
+    with pytest.raises(StoreForeign, match="keeps no chain"):
+        store.data_set("a", "2")
+    with pytest.raises(StoreForeign, match="fab recover"):
+        store.activate("A")
+    assert store.data_get("a") == 1 and store.desired().fleet is None
 
 
 def test_data_del_of_a_missing_key_changes_nothing(store):
@@ -137,12 +173,13 @@ def test_per_host_overrides_move_only_those_hosts_until_a_fleet_rollout(store, f
 
 def test_release_events_carry_a_switch_at_deadline_of_redis_time_plus_the_margin(fresh_redis):
     client = fresh_redis.client()
+    new_store(client, NS)  # its init publishes a new epoch's event: before we listen
     pubsub = subscribe(fresh_redis)
     seconds, micros = client.time()
     before_us = seconds * 1_000_000 + micros
-    Store(client, NS, switch_margin_ms=200).activate("A")
-    Store(client, NS).rollback(to="A")
-    Store(client, NS).data_set("k", "1")
+    new_store(client, NS, switch_margin_ms=200).activate("A")
+    new_store(client, NS).rollback(to="A")
+    new_store(client, NS).data_set("k", "1")
     seconds, micros = client.time()
     after_us = seconds * 1_000_000 + micros
     activate, goto, data = drain(pubsub, 3)

@@ -15,9 +15,9 @@ import time
 import pytest
 import redis
 
-from sync_agent.control.store import Store
+from tests.servers import new_store
 
-from .conftest import KEYS, NAMESPACE, eventually, stage
+from .conftest import KEYS, NAMESPACE, chained_change, eventually, stage
 
 pytestmark = pytest.mark.integration
 
@@ -31,14 +31,10 @@ def redis_time_us(client: redis.Redis) -> int:
 
 
 def publish_release(client: redis.Redis, release: str, **extra: object) -> int:
-    """Do what lua/release.lua does, by hand: store the fleet release, bump the revision, publish the event
-    with `extra` fields (an older publisher's event has no switch_at). Returns the revision."""
-    epoch = client.get(KEYS.epoch)
+    """Do what lua/release.lua does, by hand: store the fleet release, move the chain on, publish the event with
+    `extra` fields (without switch_at: switch at once). Returns the revision."""
     client.hset(KEYS.desired, "fleet", release)
-    revision = int(client.incr(KEYS.revision))
-    client.publish(KEYS.events, json.dumps({"v": 1, "type": "release", "epoch": epoch, "rev": revision,
-                                            "desired": {"fleet": release, "overrides": {}}, **extra}))
-    return revision
+    return chained_change(client, {"type": "release", "desired": {"fleet": release, "overrides": {}}, **extra})
 
 
 def wait_switched(fleet, agent, release: str, revision: int, timeout: float = 10.0) -> dict[str, str]:
@@ -84,7 +80,7 @@ def test_agents_switch_together_at_the_published_deadline_and_never_before(fleet
     watcher = threading.Thread(target=watch, args=(deadline_ns,))
     watcher.start()
     try:
-        change = Store(fleet.admin, NAMESPACE, switch_margin_ms=400).activate(ids["two"])
+        change = new_store(fleet.admin, NAMESPACE, switch_margin_ms=400).activate(ids["two"])
         event = eventually(lambda: pubsub.get_message(timeout=0.1), what="the release event")
         deadline_ns.append(json.loads(event["data"])["switch_at"] * 1000)
         statuses = [wait_switched(fleet, agent, ids["two"], change.revision) for agent in agents]
@@ -122,7 +118,7 @@ def test_a_deadline_far_ahead_is_capped_with_a_warning(fleet, builds):
     assert "(clock skew?); switching in 5s instead" in agent.log()
 
 
-def test_an_event_from_an_older_publisher_without_switch_at_still_switches(fleet, builds):
+def test_a_release_event_without_switch_at_switches_at_once(fleet, builds):
     agents, ids = two_agents_on_release_one(fleet, builds)
     revision = publish_release(fleet.admin, ids["two"])
     for agent in agents:
@@ -137,7 +133,7 @@ def test_a_snapshot_switches_at_once_without_waiting_for_the_deadline(fleet, bui
     assert other.stop() == 0
     assert agent.stop() == 0
     now_us = redis_time_us(fleet.admin)
-    change = Store(fleet.admin, NAMESPACE, switch_margin_ms=4000).activate(ids["two"])  # published while down
+    change = new_store(fleet.admin, NAMESPACE, switch_margin_ms=4000).activate(ids["two"])  # published while down
     agent.start()
     status = wait_switched(fleet, agent, ids["two"], change.revision)
     assert agent.current() == ids["two"]

@@ -1,26 +1,29 @@
 -- One data change: store, bump the revision, publish the change with its payload.
--- KEYS[3] data hash.
--- ARGV[3] op ("set"|"del"), ARGV[4] key, ARGV[5] value (compact JSON, validated by the caller),
--- ARGV[6] the most keys the hash may hold, ARGV[7] the most bytes it may hold (docs/protocol.md, "Limits").
+-- KEYS[5] data hash.
+-- ARGV[4] op ("set"|"del"), ARGV[5] key, ARGV[6] value (compact JSON, validated by the caller),
+-- ARGV[7] the most keys the hash may hold, ARGV[8] the most bytes it may hold (docs/protocol.md, "Limits").
 -- The caps are checked here, inside the one atomic step, so two publishers racing cannot pass them together.
 -- Returns {epoch, revision}; revision 0 when a "del" found nothing to delete (no change, nothing published).
-local op, key = ARGV[3], ARGV[4]
-if op == 'del' and redis.call('HEXISTS', KEYS[3], key) == 0 then
-  return {redis.call('GET', KEYS[1]) or '', 0}
+local op, key, value = ARGV[4], ARGV[5], ARGV[6]
+local data = KEYS[5]
+local epoch, base, parent = chain()
+if not epoch then return base end
+if op == 'del' and redis.call('HEXISTS', data, key) == 0 then
+  return {epoch, 0, ''}
 end
 
 if op == 'set' then
   -- The size is summed here each time (HSTRLEN per key, at most MAX_DATA_KEYS of them) rather than kept in a key
   -- of its own: nothing to drift when an older controller or a hand-made HSET changes the hash, nothing to migrate.
-  local max_keys, max_bytes = tonumber(ARGV[6]), tonumber(ARGV[7])
-  local exists = redis.call('HEXISTS', KEYS[3], key) == 1
-  if not exists and redis.call('HLEN', KEYS[3]) >= max_keys then
+  local max_keys, max_bytes = tonumber(ARGV[7]), tonumber(ARGV[8])
+  local exists = redis.call('HEXISTS', data, key) == 1
+  if not exists and redis.call('HLEN', data) >= max_keys then
     return redis.error_reply('LIMIT the data set already holds ' .. max_keys ..
       ' keys (MAX_DATA_KEYS); delete one first (data del)')
   end
-  local size = #key + #ARGV[5]
-  for _, field in ipairs(redis.call('HKEYS', KEYS[3])) do
-    if field ~= key then size = size + #field + redis.call('HSTRLEN', KEYS[3], field) end
+  local size = #key + #value
+  for _, field in ipairs(redis.call('HKEYS', data)) do
+    if field ~= key then size = size + #field + redis.call('HSTRLEN', data, field) end
   end
   if size > max_bytes then
     return redis.error_reply('LIMIT the data set would hold ' .. size .. ' bytes, over ' .. max_bytes ..
@@ -28,14 +31,14 @@ if op == 'set' then
   end
 end
 
-local epoch, rev = bump()
+local rev = advance(base)
 local body
 if op == 'set' then
-  redis.call('HSET', KEYS[3], key, ARGV[5])
-  body = ',"op":"set","key":' .. cjson.encode(key) .. ',"value":' .. ARGV[5] .. '}'
+  redis.call('HSET', data, key, value)
+  body = ',"op":"set","key":' .. cjson.encode(key) .. ',"value":' .. value .. '}'
 else
-  redis.call('HDEL', KEYS[3], key)
+  redis.call('HDEL', data, key)
   body = ',"op":"del","key":' .. cjson.encode(key) .. '}'
 end
-redis.call('PUBLISH', ARGV[2], header('data', epoch, rev) .. body)
+redis.call('PUBLISH', ARGV[2], header('data', epoch, rev, parent) .. body)
 return {epoch, rev}

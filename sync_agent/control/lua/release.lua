@@ -1,15 +1,17 @@
 -- Change the desired release and the activation history in one step, bump the revision, publish.
--- KEYS[3] desired hash, KEYS[4] history list, KEYS[5] history position, KEYS[6] release metadata hash.
--- ARGV[3] op, ARGV[4] release id (or JSON for "restore"), ARGV[5] metadata JSON (or ""),
--- ARGV[6] switch margin in ms, ARGV[7..] host names.
+-- KEYS[5] desired hash, KEYS[6] history list, KEYS[7] history position, KEYS[8] release metadata hash.
+-- ARGV[4] op, ARGV[5] release id (or JSON for "restore"), ARGV[6] metadata JSON (or ""),
+-- ARGV[7] switch margin in ms, ARGV[8..] host names.
 -- The event carries switch_at = Redis TIME + the margin, in microseconds: the moment every agent renames current
 -- (docs/protocol.md), so hosts switch together however late each one wakes up.
 -- Ops: activate (fleet-wide, appends to history and drops anything ahead of the position),
 -- override (per-host, history untouched), clear (drop overrides of the hosts), rollback (one step back),
 -- goto (to a release in history, else like activate), restore (put back a saved desired state + history).
 -- Returns {epoch, revision, fleet release or ""}, or an error reply a user can act on.
-local op, id, meta = ARGV[3], ARGV[4], ARGV[5]
-local desired, history, pos_key, releases = KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local op, id, meta = ARGV[4], ARGV[5], ARGV[6]
+local desired, history, pos_key, releases = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local epoch, base, parent = chain()
+if not epoch then return base end
 
 local function clear_overrides()
   local fields = redis.call('HKEYS', desired)
@@ -33,9 +35,9 @@ if op == 'activate' then
   redis.call('HSET', desired, 'fleet', id)
   clear_overrides()
 elseif op == 'override' then
-  for i = 7, #ARGV do redis.call('HSET', desired, 'host:' .. ARGV[i], id) end
+  for i = 8, #ARGV do redis.call('HSET', desired, 'host:' .. ARGV[i], id) end
 elseif op == 'clear' then
-  for i = 7, #ARGV do redis.call('HDEL', desired, 'host:' .. ARGV[i]) end
+  for i = 8, #ARGV do redis.call('HDEL', desired, 'host:' .. ARGV[i]) end
 elseif op == 'rollback' then
   local pos = tonumber(redis.call('GET', pos_key) or '-1')
   if pos < 1 then
@@ -64,7 +66,7 @@ else
   return redis.error_reply('ERR unknown release op ' .. op)
 end
 
-local epoch, rev = bump()
+local rev = advance(base)
 local state = {fleet = redis.call('HGET', desired, 'fleet') or nil, overrides = {}}
 local raw = redis.call('HGETALL', desired)
 local has_override = false
@@ -77,7 +79,7 @@ end
 local overrides_json = has_override and cjson.encode(state.overrides) or '{}'
 local fleet_json = state.fleet and cjson.encode(state.fleet) or 'null'
 local now = redis.call('TIME')
-local switch_at = string.format('%d', tonumber(now[1]) * 1000000 + tonumber(now[2]) + tonumber(ARGV[6]) * 1000)
-redis.call('PUBLISH', ARGV[2], header('release', epoch, rev) ..
+local switch_at = string.format('%d', tonumber(now[1]) * 1000000 + tonumber(now[2]) + tonumber(ARGV[7]) * 1000)
+redis.call('PUBLISH', ARGV[2], header('release', epoch, rev, parent) ..
   ',"desired":{"fleet":' .. fleet_json .. ',"overrides":' .. overrides_json .. '},"switch_at":' .. switch_at .. '}')
 return {epoch, rev, state.fleet or ''}
