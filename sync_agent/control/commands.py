@@ -29,7 +29,8 @@ def rollout_build(args: argparse.Namespace) -> Report:
         if args.build:
             return reports.rollout(rollout(s, Path(args.build), label=args.label, canary=args.canary,
                                            timeout=args.timeout, check=args.check, init=args.init))
-        return reports.new_hosts(sync_new_hosts(s, timeout=args.timeout, check=args.check), args.check)
+        return reports.new_hosts(sync_new_hosts(s, timeout=args.timeout, check=args.check, init=args.init),
+                                 args.check)
 
 
 def release_publish(args: argparse.Namespace) -> Report:

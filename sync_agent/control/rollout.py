@@ -428,9 +428,13 @@ def prune(s: Session, keep: int | None = None, token: str | None = None) -> dict
 
 
 def sync_new_hosts(s: Session, timeout: float = DEFAULT_ACK_TIMEOUT, check: bool = False,
-                   progress: Progress | None = None) -> list[str]:
-    """Bring web hosts that lack the current release up to it, relayed from a host that has it."""
+                   progress: Progress | None = None, init: bool = False) -> list[str]:
+    """Bring web hosts that lack the current release up to it, relayed from a host that has it. With init (the
+    release play without a build), an empty store is made first when no web host has a release (ensure_store)."""
     progress = progress or Progress()
+    if init:
+        with s.lock.held(default_holder("init of a new store")):
+            ensure_store(s, init, check)
     release = s.store.desired().fleet
     if release is None:
         return []

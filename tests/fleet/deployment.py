@@ -74,7 +74,7 @@ class Deployment:
     def fab(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """`fab TASK ARGS` from the checkout's root with ANSIBLE_INVENTORY set to this fleet's inventory."""
         result = subprocess.run([str(BIN / "fab"), *args], cwd=self.checkout, env=self.env(), capture_output=True,
-                                text=True, timeout=timeout)
+                                text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         print(result.stdout[-6000:], result.stderr[-3000:], sep="\n")
         return result
 

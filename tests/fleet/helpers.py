@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from tests.builds import make_build
-from tests.fleet.deployment import BIN, REPO, Deployment
+from tests.fleet.deployment import BIN, REPO, Deployment, wait_until
 
 EXAMPLE_BUILD = REPO / "examples" / "frontend"
 RELEASE_REPORT_TASK = "TASK [release : Show what the release did]"
@@ -159,3 +159,30 @@ class RedisClients:
                 where = cgroup.split(self.fleet_cgroup, 1)[1].split("/", 1)[0] if self.fleet_cgroup in cgroup \
                     else "controller"
                 self.seen.add((where, name))
+
+
+# --- what the operator sees ---------------------------------------------------------------------------
+
+
+def wait_fab_status(deployed: Deployment, code: int, timeout: float = 30) -> Any:
+    """Until `fab status` exits code; that run's result."""
+    return wait_until(lambda: (r := deployed.fab("status")).returncode == code and r, timeout=timeout, interval=0.5,
+                      what=f"`fab status` to exit {code}")
+
+
+def served_data(deployed: Deployment, host: str) -> dict[str, Any]:
+    status, body, _ = deployed.get(host, "/_sync/data.json")
+    return dict(json.loads(body)) if status == 200 else {}
+
+
+def serves(deployed: Deployment, host: str, key: str, value: Any) -> bool:
+    return bool(served_data(deployed, host).get(key) == value)
+
+
+def wait_agent_ready(deployed: Deployment, host: str, not_pid: str = "", timeout: float = 30) -> dict[str, str]:
+    """Until host's agent (another process than not_pid, if given) reports `ready`; its status."""
+    def ready() -> dict[str, str] | None:
+        status = deployed.status_of(host)
+        return status if status.get("state") == "ready" and status.get("pid") != not_pid else None
+
+    return dict(wait_until(ready, timeout=timeout, what=f"{host}'s agent to be ready"))

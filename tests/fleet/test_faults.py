@@ -24,7 +24,7 @@ import redis
 from sync_agent.protocol import PUBLISHER_USER, Keys
 from tests.fleet.deployment import Deployment, wait_until
 from tests.fleet.fab_builds import Builds, assert_fleet_serves, fab_json, release_id, rollout
-from tests.fleet.helpers import agent_pid
+from tests.fleet.helpers import agent_pid, served_data, serves, wait_agent_ready, wait_fab_status
 from tests.servers import new_store
 
 pytestmark = pytest.mark.fleet
@@ -54,30 +54,6 @@ def on_a(deployed: Deployment, builds: Builds) -> str:
 
 
 # --- what the operator sees ---------------------------------------------------------------------------
-
-
-def wait_fab_status(deployed: Deployment, code: int, timeout: float = 30) -> Any:
-    """Until `fab status` exits code; that run's result."""
-    return wait_until(lambda: (r := deployed.fab("status")).returncode == code and r, timeout=timeout, interval=0.5,
-                      what=f"`fab status` to exit {code}")
-
-
-def served_data(deployed: Deployment, host: str) -> dict[str, Any]:
-    status, body, _ = deployed.get(host, "/_sync/data.json")
-    return dict(json.loads(body)) if status == 200 else {}
-
-
-def serves(deployed: Deployment, host: str, key: str, value: Any) -> bool:
-    return bool(served_data(deployed, host).get(key) == value)
-
-
-def wait_agent_ready(deployed: Deployment, host: str, not_pid: str = "", timeout: float = 30) -> dict[str, str]:
-    """Until host's agent (another process than not_pid, if given) reports `ready`; its status."""
-    def ready() -> dict[str, str] | None:
-        status = deployed.status_of(host)
-        return status if status.get("state") == "ready" and status.get("pid") != not_pid else None
-
-    return dict(wait_until(ready, timeout=timeout, what=f"{host}'s agent to be ready"))
 
 
 # --- a small filesystem on a host ---------------------------------------------------------------------
