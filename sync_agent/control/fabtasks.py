@@ -142,3 +142,7 @@ def data_import(c, file, replace=False, json=False, inventory=None):
 def lock(c, force=False, json=False, inventory=None):
     """Show who holds the deploy lock; --force breaks a dead holder's lock."""
     _run(json, lambda s: reports.lock(s.store, s.fleet.namespace, bool(force)), inventory)
+
+# What a fabfile's `from sync_agent.control.fabtasks import *` brings: the tasks, nothing else.
+__all__ = ["data_del", "data_export", "data_get", "data_import", "data_list", "data_set", "lock", "prune", "publish",
+           "releases", "rollback", "rollout", "status"]
