@@ -34,7 +34,7 @@ def test_the_distribution_carries_the_package_the_collection_and_both_commands(d
         entry_points = archive.read(f"{info}/entry_points.txt").decode()
     collection = {f"{COLLECTION}/{name}" for name in (
         "galaxy.yml", "playbooks/deploy.yml", "playbooks/rollback.yml", "roles/frontfleet/defaults/main.yml",
-        "roles/sync_agent/files/templates/env.js.j2", "roles/redis/filter_plugins/frontfleet_acl.py")}
+        "roles/sync_agent/files/templates/env.js.j2", "plugins/filter/frontfleet_acl.py")}
     assert collection | {"sync_agent/control/fabtasks.py", "sync_agent/control/host-wheels.lock.json"} <= names
     assert "frontfleet = sync_agent.cli:frontfleet_main" in entry_points
     assert "sync-agent = sync_agent.cli:main" in entry_points
