@@ -21,8 +21,8 @@ from tests.fleet.helpers import EXAMPLE_BUILD, agent_pid, control, handler_hosts
 
 pytestmark = pytest.mark.fleet
 
-AGENT_RESTART_HANDLER = "sync_agent : Restart the agent with its new code or config"
-NGINX_RELOAD_HANDLER = "web : Reload nginx with the checked configuration"
+AGENT_RESTART_HANDLER = "frontfleet.fleet.sync_agent : Restart the agent with its new code or config"
+NGINX_RELOAD_HANDLER = "frontfleet.fleet.web : Reload nginx with the checked configuration"
 MAX_EXPOSURE = 2.0
 
 
