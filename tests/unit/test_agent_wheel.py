@@ -54,3 +54,10 @@ def test_the_agent_wheel_is_installable_metadata_and_no_byte_code(tmp_path: Path
     first = wheel.stat().st_mtime_ns
     agentwheel.build_agent_wheel(tmp_path)  # unchanged bytes: the file is left as it is
     assert wheel.stat().st_mtime_ns == first
+
+
+def test_the_collection_carries_the_packages_version() -> None:
+    import yaml
+
+    galaxy = yaml.safe_load((REPO / "ansible_collections" / "frontfleet" / "fleet" / "galaxy.yml").read_text())
+    assert (galaxy["namespace"], galaxy["name"], galaxy["version"]) == ("frontfleet", "fleet", sync_agent.__version__)
