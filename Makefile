@@ -18,6 +18,8 @@ system-deps:
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	@# the distribution was named frontfleet-sync-agent until 0.1.0: a venv that has it installs frontfleet instead
+	$(BIN)/pip uninstall -q -y frontfleet-sync-agent 2>/dev/null || true
 	$(BIN)/pip install -q -e '.[controller]'
 	touch $@
 
@@ -34,7 +36,7 @@ test-fast: $(VENV)/.test-deps
 	$(BIN)/pytest -m "unit or integration" $(PYTEST_ARGS)
 
 lint: $(VENV)/.test-deps
-	$(BIN)/ruff check sync_agent tests fleet fabfile.py
+	$(BIN)/ruff check sync_agent tests fleet fabfile.py ansible_collections
 	$(BIN)/mypy
 
 clean:

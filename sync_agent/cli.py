@@ -137,8 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("wheels", "control:wheels", "build the agent's wheels for the hosts' Python and machine (controller)")
     p.add_argument("--python", required=True, help="the hosts' Python version, e.g. 3.11")
     p.add_argument("--machine", required=True, help="the hosts' machine, e.g. x86_64")
-    p.add_argument("--dest", required=True, help="folder for the wheels")
-    p.add_argument("--source", default=".", help="the frontfleet checkout")
+    p.add_argument("--dest", help="folder for the wheels (default: ~/.cache/frontfleet/wheels/cpXY-MACHINE)")
     _json_option(p)
 
     p = add("wheels-lock", "control:wheels_lock", "resolve the hosts' dependencies again and write the wheel lock "
@@ -225,8 +224,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def build_frontfleet_parser() -> argparse.ArgumentParser:
+    """`frontfleet`: the command of the installed distribution (today: init)."""
+    parser = argparse.ArgumentParser(prog="frontfleet", description="frontfleet in your own repository")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug lines to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("init", help="write a starter inventory, an ansible.cfg and a fabfile",
+                       description="write a starter inventory (inventory/ENV/), an ansible.cfg and a fabfile that "
+                       "imports the fab tasks; existing files are left alone unless --force")
+    p.set_defaults(handler="control:init")
+    p.add_argument("directory", nargs="?", default=".", help="the repository (default: the current folder)")
+    p.add_argument("--env", default="production", help="the inventory's name: inventory/ENV (default: production)")
+    p.add_argument("--app", help="frontfleet_app (default: the folder's name)")
+    p.add_argument("--force", action="store_true", help="overwrite files that exist")
+    _json_option(p)
+    return parser
+
+
+def frontfleet_main(argv: Sequence[str] | None = None) -> int:
+    return main(argv, build_frontfleet_parser())
+
+
+def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    parser = parser or build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if not args.handler:  # a group (`release`, `data`) without its action: argparse requires one
@@ -235,14 +257,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = _handler(args.handler)(args)
     except FrontfleetError as err:
         if args.handler.startswith("host:"):  # stdout is the controller's answer channel (stage, have): stderr only
-            print(f"sync-agent: {err}", file=sys.stderr)
+            print(f"{parser.prog}: {err}", file=sys.stderr)
             return err.exit_code
         report = error_report(err)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     report.emit(getattr(args, "json", False))
     if report.failure:
-        print(f"sync-agent: {report.failure}", file=sys.stderr)
+        print(f"{parser.prog}: {report.failure}", file=sys.stderr)
     return report.exit_code
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..protocol import Keys, acl_setuser_line, acl_user
 from ..report import Report
-from . import reports
+from . import reports, scaffold
 from .rollout import publish, rollback, rollout, sync_new_hosts
 from .session import session
 from .store import Store, connect
@@ -97,7 +97,12 @@ def wheels_lock(args: argparse.Namespace) -> Report:
                         f"{len(lock['platforms'])} platforms in {LOCK_FILE}")
 
 
+def init(args: argparse.Namespace) -> Report:
+    result = scaffold.init(Path(args.directory), env=args.env, app=args.app, force=args.force)
+    return Report(result.to_json(), result.to_text())
+
+
 def wheels(args: argparse.Namespace) -> Report:
-    result = build_wheels(Path(args.source), Path(args.dest), args.python, args.machine)
+    result = build_wheels(Path(args.dest) if args.dest else None, args.python, args.machine)
     return Report({"changed": result.changed, "directory": str(result.directory), "files": result.files},
                   "\n".join(sorted(result.files)))

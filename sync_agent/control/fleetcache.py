@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import __version__
 from ..fsutil import atomic_write, private_dir, user_cache_dir
-from .inventory import DEFAULTS_FILE, REPO_ROOT, Fleet, Host, ansible_config_file, default_inventory, load_fleet
+from .inventory import DEFAULTS_FILE, Fleet, Host, ansible_config_file, default_inventory, load_fleet
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def cached_fleet(source: str | None = None) -> Fleet:
 def signature(source: str) -> str | None:
     """A digest of everything reading the fleet depends on; None when the inventory must not be cached."""
     digest = hashlib.sha256(f"{CACHE_FORMAT} {__version__} {source}\n".encode())
-    for path in (*_inventory_files(Path(source)), REPO_ROOT / DEFAULTS_FILE, ansible_config_file()):
+    for path in (*_inventory_files(Path(source)), DEFAULTS_FILE, ansible_config_file()):
         if path is None:
             continue
         try:

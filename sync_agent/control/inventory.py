@@ -1,4 +1,5 @@
-"""The fleet as Ansible sees it: the inventory's host variables over the frontfleet role's defaults.
+"""The fleet as Ansible sees it: the inventory's host variables over the frontfleet role's defaults (of the
+collection shipped with this package).
 
 `fab` and the release play read hosts through this one module, with
 Ansible's own inventory loader and templating, so a play and `fab` always
@@ -16,8 +17,11 @@ from typing import Any
 from ..errors import ConfigError
 from .sshargs import ssh_config_lines
 
-REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout: sync_agent/control/inventory.py
-DEFAULTS_FILE = "roles/frontfleet/defaults/main.yml"
+# The Ansible collection beside the package: in the checkout, and in site-packages where the frontfleet
+# distribution installs both (Ansible finds it there on sys.path).
+COLLECTION = "frontfleet.fleet"
+COLLECTION_DIR = Path(__file__).resolve().parents[2] / "ansible_collections" / "frontfleet" / "fleet"
+DEFAULTS_FILE = COLLECTION_DIR / "roles" / "frontfleet" / "defaults" / "main.yml"
 
 # The frontfleet_* settings the control plane needs, rendered per host.
 _SETTINGS = (
@@ -141,7 +145,7 @@ def load_fleet(source: str | None = None) -> Fleet:
     _use_vault_secrets(loader)
     inventory = InventoryManager(loader=loader, sources=[source])
     variables = VariableManager(loader=loader, inventory=inventory)
-    defaults = loader.load_from_file(str(REPO_ROOT / DEFAULTS_FILE), trusted_as_template=True)
+    defaults = loader.load_from_file(str(DEFAULTS_FILE), trusted_as_template=True)
     groups = inventory.get_groups_dict()
     if not groups.get("web"):
         raise ConfigError(f"the inventory {source} has no host in the group 'web'")

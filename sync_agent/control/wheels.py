@@ -6,8 +6,9 @@ a lock (host-wheels.lock.json: one version of each package for every platform
 the hosts may run, and the sha256 of every wheel file), so two controllers never
 ship different libraries to one fleet, and a wheel that does not match its hash
 — tampered with, or corrupt — is refused before it is shipped. The agent's own
-wheel is built reproducibly (SOURCE_DATE_EPOCH), so an unchanged agent gives a
-byte-identical file that Ansible neither copies nor restarts for.
+wheel is written from the package this controller runs (agentwheel.py), the
+same bytes from every controller, so an unchanged agent is a byte-identical
+file that Ansible neither copies nor restarts for.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,18 +24,19 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FrontfleetError, UsageError
+from ..fsutil import user_cache_dir
+from .agentwheel import DISTRIBUTION, build_agent_wheel
 
 log = logging.getLogger(__name__)
 
-# What a host installs besides the agent; the ranges of pyproject.toml's [project.dependencies].
+# What a host installs besides the agent; the ranges of pyproject.toml's [project.dependencies] (agentwheel.py).
 # async-timeout: redis-py needs it on Python < 3.11.3 (Debian 12 has 3.11.2), and pip evaluates
 # markers with the controller's Python, not the hosts'.
 HOST_REQUIREMENTS = ("redis>=5.0,<8", "hiredis>=3,<4", "Jinja2>=3.1,<4", "async-timeout>=4.0.3")
-REPRODUCIBLE_EPOCH = "315532800"  # 1980-01-01, the earliest date a zip file can hold
 LOCK_FILE = Path(__file__).with_name("host-wheels.lock.json")
 # The hosts' platforms the lock covers: Debian 12 and Ubuntu 24.04's Pythons and the next, on both machines.
 LOCK_PLATFORMS = tuple((python, machine) for python in ("3.11", "3.12", "3.13") for machine in ("x86_64", "aarch64"))
-AGENT_WHEEL_PREFIX = "frontfleet_sync_agent-"
+AGENT_WHEEL_PREFIX = f"{DISTRIBUTION}-"
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def _check_against_lock(dest: Path, lock: dict[str, Any]) -> None:
     hashes = {file: sha for entry in lock["packages"].values() for file, sha in entry["wheels"].items()}
     for wheel in sorted(dest.glob("*.whl")):
         if wheel.name.startswith(AGENT_WHEEL_PREFIX):
-            continue
+            continue  # the agent's own: written by build_wheels, no download
         if wheel.name not in hashes:
             wheel.unlink()
         elif _sha256(wheel) != hashes[wheel.name]:
@@ -124,11 +124,17 @@ def _check_against_lock(dest: Path, lock: dict[str, Any]) -> None:
                                   "or corrupt); nothing was shipped: remove the file and deploy again")
 
 
-def build_wheels(source: Path, dest: Path, python_version: str, machine: str) -> WheelSet:
-    """Build the agent's wheel and fetch its dependencies' for (python_version, machine) into dest.
+def default_dest(python_version: str, machine: str) -> Path:
+    """Where a controller keeps the hosts' wheels unless told otherwise: its user's cache, per platform."""
+    return user_cache_dir("wheels") / f"cp{''.join(python_version.split('.')[:2])}-{machine}"
+
+
+def build_wheels(dest: Path | None, python_version: str, machine: str) -> WheelSet:
+    """Write the agent's wheel and fetch its dependencies' for (python_version, machine) into dest (default:
+    default_dest).
 
     Dependencies are the lock's versions, fetched once per platform and checked against the lock's hashes on
-    every build; the agent's wheel is rebuilt and replaced only when its bytes differ.
+    every build; the agent's wheel (agentwheel.py) is replaced only when its bytes differ.
     """
     lock_body = load_lock()
     platform = [".".join(python_version.split(".")[:2]), machine]
@@ -136,6 +142,7 @@ def build_wheels(source: Path, dest: Path, python_version: str, machine: str) ->
     if platform not in lock_body["platforms"]:
         raise UsageError(f"the wheel lock has no wheels for hosts on Python {platform[0]} / {machine}; add the "
                          "platform to LOCK_PLATFORMS and run `sync-agent wheels-lock`")
+    dest = dest or default_dest(python_version, machine)
     dest.mkdir(parents=True, exist_ok=True)
     before = {p.name: _sha256(p) for p in dest.glob("*.whl")}
     lock = dest / "requirements.json"
@@ -147,18 +154,9 @@ def build_wheels(source: Path, dest: Path, python_version: str, machine: str) ->
                  "-d", str(dest), "-r", str(_pinned_requirements(lock_body, Path(scratch))))
         lock.write_text(json.dumps(wanted))
     _check_against_lock(dest, lock_body)
-    with tempfile.TemporaryDirectory() as scratch:
-        env = {**os.environ, "SOURCE_DATE_EPOCH": REPRODUCIBLE_EPOCH}
-        build_dir = Path(scratch) / "src"
-        shutil.copytree(source / "sync_agent", build_dir / "sync_agent", ignore=shutil.ignore_patterns("__pycache__"))
-        for name in ("pyproject.toml", "README.md"):
-            shutil.copy2(source / name, build_dir / name)
-        _pip("wheel", "--no-deps", "--no-build-isolation", "-w", scratch, str(build_dir), env=env)
-        for built in Path(scratch).glob("*.whl"):
-            target = dest / built.name
-            if not target.exists() or _sha256(target) != _sha256(built):
-                for stale in dest.glob(built.name.split("-")[0] + "-*.whl"):
-                    stale.unlink()
-                shutil.move(str(built), target)
+    agent = build_agent_wheel(dest)
+    for stale in dest.glob(f"{DISTRIBUTION}-*.whl"):
+        if stale != agent:
+            stale.unlink()
     after = {p.name: _sha256(p) for p in dest.glob("*.whl")}
     return WheelSet(dest, after, after != before)

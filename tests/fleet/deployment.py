@@ -30,10 +30,13 @@ class Deployment:
 
     fleet: Fleet
     inventory: Path  # the inventory folder; credentials/ is generated inside it by the roles
-    checkout: Path = REPO  # the frontfleet checkout whose playbooks, fabfile and sync_agent drive the fleet
+    # the folder the user's commands run in: a frontfleet checkout (its playbooks, fabfile and sync_agent), or a
+    # team's own repository (`frontfleet init`) that uses the frontfleet installed in bin's virtualenv
+    checkout: Path = REPO
+    bin: Path = BIN  # the virtualenv's bin/ of ansible-playbook, fab and sync-agent
 
     @classmethod
-    def create(cls, fleet: Fleet, inventory: Path, user: str = "root", checkout: Path = REPO,
+    def create(cls, fleet: Fleet, inventory: Path, user: str = "root", checkout: Path = REPO, bin: Path = BIN,
                **settings: Any) -> Deployment:
         """Write hosts.yml and group_vars/all/vars.yml (each service on its host's own address)."""
         inventory.mkdir(parents=True, exist_ok=True)
@@ -43,11 +46,11 @@ class Deployment:
         values = {"frontfleet_app": "fleettest", "frontfleet_http_address": "{{ ansible_host }}",
                   "frontfleet_http_port": 80, "sync_agent_heartbeat": 1, "sync_agent_probe": 1, **settings}
         (group_vars / "vars.yml").write_text(yaml.safe_dump(values, sort_keys=True))
-        return cls(fleet, inventory, checkout)
+        return cls(fleet, inventory, checkout, bin)
 
     def like(self, folder: Path, user: str = "root", **settings: Any) -> Deployment:
         """Another inventory of the same fleet (same app, same credentials), as another operator would write it."""
-        other = Deployment.create(self.fleet, folder, user=user, checkout=self.checkout, **settings)
+        other = Deployment.create(self.fleet, folder, user=user, checkout=self.checkout, bin=self.bin, **settings)
         shutil.copytree(self.inventory / "credentials", folder / "credentials")
         return other
 
@@ -57,23 +60,23 @@ class Deployment:
         """The user's environment; another checkout (an older commit's worktree) goes first on PYTHONPATH, so
         its own sync_agent — control plane, wheel builder, ACL filter — runs instead of this one's editable
         install in the venv, as on a controller that still has that version installed."""
-        env = {**os.environ, "ANSIBLE_INVENTORY": str(self.inventory), "PATH": f"{BIN}:{os.environ['PATH']}",
+        env = {**os.environ, "ANSIBLE_INVENTORY": str(self.inventory), "PATH": f"{self.bin}:{os.environ['PATH']}",
                "ANSIBLE_FORCE_COLOR": "0", "PY_COLORS": "0", "NO_COLOR": "1"}
-        if self.checkout != REPO:
+        if self.checkout != REPO and (self.checkout / "sync_agent").is_dir():
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.checkout), os.environ.get("PYTHONPATH")]))
         return env
 
     def playbook(self, *args: str, playbook: str = "deploy.yml",
                  timeout: float = 900) -> subprocess.CompletedProcess[str]:
         """`ansible-playbook <playbook> -i <inventory> ARGS` from the checkout's root; output printed for the log."""
-        result = subprocess.run([str(BIN / "ansible-playbook"), playbook, "-i", str(self.inventory), *args],
+        result = subprocess.run([str(self.bin / "ansible-playbook"), playbook, "-i", str(self.inventory), *args],
                                 cwd=self.checkout, env=self.env(), capture_output=True, text=True, timeout=timeout)
         print(result.stdout[-6000:], result.stderr[-3000:], sep="\n")
         return result
 
     def fab(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """`fab TASK ARGS` from the checkout's root with ANSIBLE_INVENTORY set to this fleet's inventory."""
-        result = subprocess.run([str(BIN / "fab"), *args], cwd=self.checkout, env=self.env(), capture_output=True,
+        result = subprocess.run([str(self.bin / "fab"), *args], cwd=self.checkout, env=self.env(), capture_output=True,
                                 text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         print(result.stdout[-6000:], result.stderr[-3000:], sep="\n")
         return result

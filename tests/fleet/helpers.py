@@ -17,7 +17,7 @@ from tests.builds import make_build
 from tests.fleet.deployment import BIN, REPO, Deployment, wait_until
 
 EXAMPLE_BUILD = REPO / "examples" / "frontend"
-RELEASE_REPORT_TASK = "TASK [release : Show what the release did]"
+RELEASE_REPORT_TASK = "TASK [frontfleet.fleet.release : Show what the release did]"
 
 
 def example_build_with(target: Path, changes: dict[str, str]) -> Path:

@@ -21,8 +21,8 @@ from tests.fleet.helpers import EXAMPLE_BUILD, agent_pid, control, handler_hosts
 
 pytestmark = pytest.mark.fleet
 
-AGENT_RESTART_HANDLER = "sync_agent : Restart the agent with its new code or config"
-NGINX_RELOAD_HANDLER = "web : Reload nginx with the checked configuration"
+AGENT_RESTART_HANDLER = "frontfleet.fleet.sync_agent : Restart the agent with its new code or config"
+NGINX_RELOAD_HANDLER = "frontfleet.fleet.web : Reload nginx with the checked configuration"
 MAX_EXPOSURE = 2.0
 
 
@@ -153,7 +153,7 @@ def test_config_change_restarts_each_agent_once_as_check_mode_predicts(deployed:
             assert deployed.ssh(host, "systemctl show --property=MainPID --value nginx") == nginx[host]
             assert 'log_level = "debug"' in deployed.ssh(host, "cat /etc/sync-agent/config.toml")
     finally:
-        restore = deployed.playbook(playbook="playbooks/agents.yml")
+        restore = deployed.playbook(playbook="frontfleet.fleet.agents")
         assert restore.returncode == 0, "could not put sync_agent_log_level back"
 
 
@@ -205,5 +205,5 @@ def test_web_host_added_to_inventory_gets_agent_nginx_and_current_release(deploy
         if "web4" in fleet.hosts:
             fleet.remove_host("web4")
         fleet.write_inventory(hosts_file)
-        restore = deployed.playbook(playbook="playbooks/redis.yml")  # drop web4's ACL user: converged again
+        restore = deployed.playbook(playbook="frontfleet.fleet.redis")  # drop web4's ACL user: converged again
         assert restore.returncode == 0, "could not remove web4's Redis user"

@@ -1,7 +1,7 @@
 """`fab rollout` and friends on real hosts: what a user sees over HTTP, in `fab` output and exit codes.
 
 The happy paths: a build then the next one (a small delta), the same build again, rollbacks (fab and
-playbooks/rollback.yml), assets across releases, release metadata, prune, shared data, the deploy lock,
+frontfleet.fleet.rollback), assets across releases, release metadata, prune, shared data, the deploy lock,
 and the progress display. Every test rolls out builds of its own (see fab_builds).
 """
 
@@ -173,14 +173,14 @@ def test_rollback_playbook_agrees_with_fab_rollback(deployed: Deployment, builds
     assert by_fab["release"] == a_id
     fab_json(deployed, "rollback", "--to", b_id)
 
-    play = deployed.playbook(playbook="playbooks/rollback.yml")
+    play = deployed.playbook(playbook="frontfleet.fleet.rollback")
     assert play.returncode == 0
     assert fab_json(deployed, "releases") == after_fab
     assert_fleet_serves(deployed, builds.a)
     code, rows = status_json(deployed)
     assert code == 0 and {r["release"] for r in rows} == {a_id}
 
-    play = deployed.playbook("-e", f"release_rollback_to={b_id}", playbook="playbooks/rollback.yml")
+    play = deployed.playbook("-e", f"release_rollback_to={b_id}", playbook="frontfleet.fleet.rollback")
     assert play.returncode == 0
     assert [r["release"] for r in fab_json(deployed, "releases") if r["current"]] == [b_id]
     assert_fleet_serves(deployed, builds.b)
@@ -188,10 +188,10 @@ def test_rollback_playbook_agrees_with_fab_rollback(deployed: Deployment, builds
 
 def test_rollback_playbook_refuses_a_limit_and_a_release_that_is_not_staged(deployed: Deployment) -> None:
     before = fab_json(deployed, "releases")
-    limited = deployed.playbook("--limit", "web1", playbook="playbooks/rollback.yml")
+    limited = deployed.playbook("--limit", "web1", playbook="frontfleet.fleet.rollback")
     assert limited.returncode != 0
     assert "a rollback moves the whole web group at once" in limited.stdout
-    unknown = deployed.playbook("-e", "release_rollback_to=0123456789abcdef", playbook="playbooks/rollback.yml")
+    unknown = deployed.playbook("-e", "release_rollback_to=0123456789abcdef", playbook="frontfleet.fleet.rollback")
     assert unknown.returncode != 0
     assert ("0123456789abcdef is not staged on every web host: web1: not staged; web2: not staged; "
             "web3: not staged; nothing was switched") in unknown.stdout

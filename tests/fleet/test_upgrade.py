@@ -1,9 +1,13 @@
-"""Upgrading a deployed fleet in place (docs/upgrading.md): controllers first, then `ansible-playbook deploy.yml`.
+"""Upgrading a deployed fleet in place (docs/upgrading.md): controllers first, then the deploy playbook.
 
 A fleet of its own is deployed from an earlier commit (a `git worktree` of UPGRADE_FROM: its deploy.yml,
-roles, fabfile and sync_agent), then driven by this checkout: first the control plane alone against the
-old agents, then this checkout's deploy.yml under HTTP load, then a data change and a rollout. What a user
-would see is checked at each step: every request answered 200, every host serving and syncing.
+roles, fabfile and sync_agent), then driven by this tree: first this checkout's control plane alone against
+the old agents; then, as a team would use frontfleet from its own repository (docs/ci.md), the `frontfleet`
+distribution built from this tree and installed from its wheel into a fresh virtualenv, in a folder outside
+the checkout: `frontfleet init`, the inventory edited to this fleet, `ansible-playbook frontfleet.fleet.deploy`
+under HTTP load, then a data change, `fab rollout` and `fab status`. What a user would see is checked at each
+step: every request answered 200, every host serving and syncing, each host's agent the `frontfleet`
+distribution with nothing left of `frontfleet-sync-agent`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import time
 import zipfile
 from collections.abc import Iterator
@@ -23,6 +28,7 @@ from typing import Any
 import pytest
 
 import sync_agent
+from sync_agent.control.agentwheel import build_agent_wheel
 from tests.fleet.conftest import BootFleet, fleet_name
 from tests.fleet.deployment import REPO, Deployment, wait_until
 from tests.fleet.fab_builds import Builds, assert_fleet_serves, fab_json, release_id, rollout, status_json
@@ -67,6 +73,17 @@ def old_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
+def installed_bin(distribution_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """bin/ of a fresh virtualenv holding only `pip install 'frontfleet[controller]'` from the built wheel."""
+    venv = tmp_path_factory.mktemp("controller") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
+    installed = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+                                f"{distribution_wheel}[controller]"], capture_output=True, text=True, timeout=600)
+    assert installed.returncode == 0, f"pip install of {distribution_wheel.name} failed: {installed.stderr[-3000:]}"
+    return venv / "bin"
+
+
+@pytest.fixture(scope="module")
 def builds(tmp_path_factory: pytest.TempPathFactory) -> Builds:
     return Builds.create(tmp_path_factory.mktemp("builds"), "upgrade", chunks=20, pages=4)
 
@@ -103,8 +120,8 @@ def wheel_files(wheel: Path) -> dict[str, str]:
                 if name.startswith("sync_agent/")}
 
 
-def built_wheel(checkout: Path) -> Path:
-    """The agent wheel that a checkout's deploy.yml built for the hosts (one platform: the fleet's)."""
+def old_wheel(checkout: Path) -> Path:
+    """The agent wheel that the old commit's deploy.yml built for the hosts (one platform: the fleet's)."""
     wheels = sorted((checkout / ".build" / "wheels").glob("*/frontfleet_sync_agent-*.whl"))
     assert len(wheels) == 1, f"expected one agent wheel under {checkout}/.build/wheels, found {wheels}"
     return wheels[0]
@@ -117,6 +134,12 @@ def installed_files(deployment: Deployment, host: str) -> dict[str, str]:
     return {path: digest for digest, path in (line.split(maxsplit=1) for line in out.splitlines())}
 
 
+def distributions(deployment: Deployment, host: str) -> dict[str, str]:
+    """name → version of what the agent's virtualenv holds, as pip lists it on host."""
+    out = deployment.ssh(host, f"{AGENT_VENV}/bin/pip list --format json --disable-pip-version-check")
+    return {row["name"].lower(): row["version"] for row in json.loads(out)}
+
+
 # --- the upgrade --------------------------------------------------------------------------------------------
 
 
@@ -125,7 +148,7 @@ def test_old_agents_keep_syncing_against_the_new_control_plane(old_fleet: Deploy
     """Controllers first: with only the controller upgraded, `fab data-set` and `fab status` of this checkout
     work against the old agents, which apply the change and serve it."""
     new = replace(old_fleet, checkout=REPO)
-    old_agent = wheel_files(built_wheel(old_checkout))
+    old_agent = wheel_files(old_wheel(old_checkout))
     for host in new.web_hosts:
         assert installed_files(new, host) == old_agent, f"{host} does not run the old commit's agent"
     value = {"text": "set by the new controller", "at": time.time()}
@@ -138,28 +161,46 @@ def test_old_agents_keep_syncing_against_the_new_control_plane(old_fleet: Deploy
     assert code == 0, f"fab status of the new controller against the old agents: {rows}"
 
 
-@pytest.mark.timeout(480)
-def test_deploy_upgrades_old_agents_in_place_without_a_failed_request(old_fleet: Deployment, old_checkout: Path,
-                                                                      builds: Builds) -> None:
-    """This checkout's deploy.yml under HTTP load: no request fails, the release stays, the agents run the new
-    code; then a data change and a rollout of this checkout reach every host and `fab status` is healthy."""
-    new = replace(old_fleet, checkout=REPO)
+def init_project(installed_bin: Path, folder: Path) -> str:
+    """`frontfleet init` in a new folder outside the checkout, as a team runs it in its repository; its output."""
+    folder.mkdir(parents=True)
+    result = subprocess.run([str(installed_bin / "frontfleet"), "init"], cwd=folder, capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "PATH": f"{installed_bin}:{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.timeout(720)
+def test_the_installed_package_upgrades_old_agents_in_place_without_a_failed_request(
+        old_fleet: Deployment, old_checkout: Path, builds: Builds, installed_bin: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """From a team's folder (`frontfleet init`, the inventory edited to this fleet) with the frontfleet installed
+    from its wheel: `ansible-playbook frontfleet.fleet.deploy` under HTTP load, no request fails, the release
+    stays, the agents run the new code as the `frontfleet` distribution, the old one gone; then a data change, a
+    rollout and `fab status` of that folder reach every host."""
+    project = tmp_path_factory.mktemp("team") / "shop"
+    shown = init_project(installed_bin, project)
+    assert "inventory/production/hosts.yml" in shown and "fabfile.py" in shown and "ansible.cfg" in shown
+    new = replace(old_fleet.like(project / "inventory" / "production"), checkout=project, bin=installed_bin)
     hosts = new.web_hosts
     release = release_id(new, builds.a)
     pids = {host: agent_pid(new, host) for host in hosts}
-    old_agent = wheel_files(built_wheel(old_checkout))
+    old_agent = wheel_files(old_wheel(old_checkout))
+    checkout_wheel = build_agent_wheel(tmp_path_factory.mktemp("agent-wheel"))  # what this checkout writes
     urls = [f"http://{new.address(host)}{path}" for host in hosts for path in ("/", "/_sync/data.json")]
     value = {"text": "after the upgrade", "at": time.time()}
     with HttpLoad(urls, max_seconds=LOAD_SECONDS, max_requests=LOAD_REQUESTS) as load:
         load.phase = "old agents"
         time.sleep(1)
         load.phase = "deploy.yml"
-        result = new.playbook()
-        assert result.returncode == 0, f"this checkout's deploy.yml failed on the old fleet: {result.stdout[-3000:]}"
+        result = new.playbook(playbook="frontfleet.fleet.deploy")
+        assert result.returncode == 0, f"the installed frontfleet.fleet.deploy failed on the old fleet: " \
+                                       f"{result.stdout[-3000:]}"
         load.phase = "after deploy.yml"
-        new_agent = wheel_files(built_wheel(REPO))
         served = {host: new.serves_build(host, builds.a) for host in hosts}
         installed = {host: installed_files(new, host) for host in hosts}
+        shipped = {host: new.ssh(host, f"sha256sum {AGENT_WHEELS}/frontfleet*.whl") for host in hosts}
+        dists = {host: distributions(new, host) for host in hosts}
         upgraded_pids = {host: agent_pid(new, host) for host in hosts}
         statuses = {host: new.status_of(host) for host in hosts}
         load.phase = "fab data-set"
@@ -178,10 +219,16 @@ def test_deploy_upgrades_old_agents_in_place_without_a_failed_request(old_fleet:
     assert set(load.count("deploy.yml")) == set(urls) and min(load.count("deploy.yml").values()) >= 20, \
         f"too little load during deploy.yml: {load.count('deploy.yml')}"
 
+    new_agent = wheel_files(checkout_wheel)
+    checkout_sha = hashlib.sha256(checkout_wheel.read_bytes()).hexdigest()
     for host in hosts:
         assert served[host] == [], f"{host} no longer serves the release it had: {served[host][:5]}"
         assert statuses[host]["release"] == release, f"{host} reports {statuses[host]['release']}, not {release}"
-        assert installed[host] == new_agent, f"{host}'s agent virtualenv does not hold this checkout's agent"
+        # one agent wheel on the host, byte-identical to the one this checkout writes (two controllers, one file)
+        assert shipped[host].split() == [checkout_sha, f"{AGENT_WHEELS}/{checkout_wheel.name}"], shipped[host]
+        assert installed[host] == new_agent, f"{host}'s agent virtualenv does not hold the installed agent"
+        assert dists[host].get("frontfleet") == sync_agent.__version__ and "frontfleet-sync-agent" not in dists[host], \
+            f"{host}'s agent virtualenv holds {dists[host]}"
         assert statuses[host]["agent_version"] == sync_agent.__version__
         assert statuses[host]["pid"] == str(upgraded_pids[host])
         if new_agent != old_agent:
@@ -190,6 +237,10 @@ def test_deploy_upgrades_old_agents_in_place_without_a_failed_request(old_fleet:
             assert upgraded_pids[host] == pids[host]
     assert rolled["release"] == release_id(new, builds.b) and rolled["previous"] == release
     assert_fleet_serves(new, builds.b)
-    code, rows = status_json(new)
-    assert code == 0, f"fab status after the upgrade: {rows}"
-    assert {row["host"]: row["release"] for row in rows} == {host: rolled["release"] for host in hosts}
+    # `fab status` as the team runs it in its folder: the inventory from the ansible.cfg that init wrote
+    env = {key: value for key, value in new.env().items() if key != "ANSIBLE_INVENTORY"}
+    shown_status = subprocess.run([str(installed_bin / "fab"), "status", "--json"], cwd=project, env=env,
+                                  capture_output=True, text=True, timeout=120)
+    assert shown_status.returncode == 0, f"fab status in the team's folder: {shown_status.stdout}{shown_status.stderr}"
+    assert {row["host"]: row["release"] for row in json.loads(shown_status.stdout)} == \
+        {host: rolled["release"] for host in hosts}

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 # The distributions a host may hold: the agent, what pyproject.toml's [project.dependencies] pull in, the
 # installer itself.
-HOST_DISTRIBUTIONS = {"frontfleet-sync-agent", "redis", "hiredis", "jinja2", "markupsafe", "async-timeout", "pip"}
+HOST_DISTRIBUTIONS = {"frontfleet", "redis", "hiredis", "jinja2", "markupsafe", "async-timeout", "pip"}
 # Importing the host side must load none of these.
 CONTROL_ONLY = ("sync_agent.control", "ansible", "fabric", "invoke", "paramiko", "rich", "yaml")
 
@@ -44,12 +44,12 @@ print(json.dumps({"imported": names, "control_side_loaded": loaded}))
 def host_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A virtualenv with what the sync_agent role installs on a host: the agent's wheels, with --no-index."""
     base = tmp_path_factory.mktemp("host")
-    wheels = build_wheels(REPO, base / "wheels", f"{sys.version_info.major}.{sys.version_info.minor}",
+    wheels = build_wheels(base / "wheels", f"{sys.version_info.major}.{sys.version_info.minor}",
                           platform.machine())
     venv.create(base / "venv", with_pip=True)
     python = base / "venv" / "bin" / "python"
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-index", "--find-links", str(wheels.directory),
-                    "frontfleet-sync-agent"], check=True, capture_output=True, timeout=300)
+                    "frontfleet"], check=True, capture_output=True, timeout=300)
     return base / "venv"
 
 
@@ -58,7 +58,7 @@ def test_a_host_holds_only_the_agent_and_its_two_dependencies(host_venv: Path) -
                             capture_output=True, text=True, check=True)
     installed = {row["name"].lower() for row in json.loads(listed.stdout)}
     assert installed - {"setuptools"} <= HOST_DISTRIBUTIONS, installed
-    assert {"frontfleet-sync-agent", "redis", "jinja2"} <= installed
+    assert {"frontfleet", "redis", "jinja2"} <= installed
 
 
 def test_every_host_module_imports_without_the_control_side(host_venv: Path) -> None:

@@ -13,7 +13,6 @@ from sync_agent.errors import FrontfleetError, UsageError
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def versions(files: dict[str, str]) -> dict[str, str]:
@@ -24,12 +23,12 @@ def versions(files: dict[str, str]) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def x86_64(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = tmp_path_factory.mktemp("wheels") / "cp311-x86_64"
-    build_wheels(REPO, dest, "3.11.2", "x86_64")
+    build_wheels(dest, "3.11.2", "x86_64")
     return dest
 
 
 def test_an_x86_64_and_an_aarch64_host_get_the_same_versions_the_lock_pins(x86_64: Path, tmp_path: Path) -> None:
-    arm = build_wheels(REPO, tmp_path / "cp311-aarch64", "3.11.2", "aarch64")
+    arm = build_wheels(tmp_path / "cp311-aarch64", "3.11.2", "aarch64")
     intel = {p.name: "" for p in x86_64.glob("*.whl")}
     pinned = {name: entry["version"] for name, entry in load_lock()["packages"].items()}
     assert versions(intel) == versions(arm.files) == pinned
@@ -42,7 +41,7 @@ def test_a_tampered_wheel_is_refused_by_its_hash_before_it_is_shipped(x86_64: Pa
     hiredis = next(dest.glob("hiredis-*.whl"))
     hiredis.write_bytes(hiredis.read_bytes() + b"\0")
     with pytest.raises(FrontfleetError, match=rf"{hiredis.name} does not match the sha256 the wheel lock records"):
-        build_wheels(REPO, dest, "3.11.2", "x86_64")
+        build_wheels(dest, "3.11.2", "x86_64")
 
 
 def test_a_wheel_no_lock_names_is_not_shipped(x86_64: Path, tmp_path: Path) -> None:
@@ -50,10 +49,10 @@ def test_a_wheel_no_lock_names_is_not_shipped(x86_64: Path, tmp_path: Path) -> N
     shutil.copytree(x86_64, dest)
     stray = dest / "redis-1.0.0-py3-none-any.whl"
     stray.write_bytes(b"an older lock's wheel")
-    result = build_wheels(REPO, dest, "3.11.2", "x86_64")
+    result = build_wheels(dest, "3.11.2", "x86_64")
     assert stray.name not in result.files and not stray.exists()
 
 
 def test_a_platform_the_lock_does_not_cover_is_refused_with_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"no wheels for hosts on Python 3\.10 / x86_64.*wheels-lock"):
-        build_wheels(REPO, tmp_path / "old", "3.10.12", "x86_64")
+        build_wheels(tmp_path / "old", "3.10.12", "x86_64")
