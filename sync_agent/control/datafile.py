@@ -89,7 +89,7 @@ def import_values(store: Store, document: Document, replace: bool = False) -> Im
     """Make the store hold the document's values (with replace: and no other key), one change per key that
     differs; onto an empty store, one new epoch that continues from the point the file was exported at."""
     values = document.values
-    if store.snapshot().empty:
+    if not store.has_epoch():
         change = store.seed("import", document.exported_at, values)
         return ImportResult(set=sorted(values), revision=change.revision, new_epoch=True)
     current = {key: compact_json(value) for key, value in store.data_list().items()}

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from ..errors import FrontfleetError, HostError, HostFailures, RolloutFailed, StoreEmpty, UsageError
 from ..layout import record_path
@@ -31,6 +31,7 @@ from .session import Session, on_each, reading_answer_of, release_root
 from .store import History, release_metadata
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_ACK_TIMEOUT = 30.0
 
@@ -159,18 +160,22 @@ def stage_from_build(s: Session, host: Host, manifest: Manifest, offered: Future
     return result
 
 
-def staged_on(s: Session, host: Host) -> list[str]:
-    """The releases staged and verified on a host, from its own `sync-agent status`."""
+def _on_disk(s: Session, host: Host, read: Callable[[dict[str, Any]], T]) -> T:
+    """What a host's own `sync-agent status` says its disk holds, read by read (an answer it cannot read fails
+    that host, named)."""
     answer = s.agent_json(host, "status", "--root", release_root(host), "--json")
     with reading_answer_of(host):
-        return [str(release) for release in answer["staged"]]
+        return read(answer)
+
+
+def staged_on(s: Session, host: Host) -> list[str]:
+    """The releases staged and verified on a host."""
+    return _on_disk(s, host, lambda answer: [str(release) for release in answer["staged"]])
 
 
 def current_on(s: Session, host: Host) -> str | None:
     """The release a host serves (its `current`), None when it has none yet."""
-    answer = s.agent_json(host, "status", "--root", release_root(host), "--json")
-    with reading_answer_of(host):
-        return str(answer["current"]) if answer["current"] else None
+    return _on_disk(s, host, lambda answer: str(answer["current"]) if answer["current"] else None)
 
 
 def stage_everywhere(hosts: list[Host], stage_one: Callable[[Host], HostStaging]) -> dict[str, HostStaging]:
@@ -281,7 +286,7 @@ def ensure_store(s: Session, init: bool, check: bool) -> None:
     """Refuse a change on an empty store; with init (the release play), make a new store when no web host has a
     release yet (a new fleet), and refuse when some have one: Redis lost its data, and `fab recover` rebuilds it
     from them."""
-    if not s.store.snapshot().empty:
+    if s.store.has_epoch():
         return
     if not init:
         raise StoreEmpty()

@@ -284,6 +284,10 @@ class Store:
 
     # --- reading ------------------------------------------------------------------------------
 
+    def has_epoch(self) -> bool:
+        """Whether the store has an epoch (one GET; the snapshot reads the whole data set)."""
+        return bool(self.call(self.client.exists, self.keys.epoch))
+
     def snapshot(self) -> Snapshot:
         pipe = self.client.pipeline(transaction=True)
         queue_snapshot(pipe, self.keys)
