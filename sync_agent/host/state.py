@@ -112,8 +112,8 @@ class AppliedState:
         self.revision, self.change_id = message.revision, message.id
         if message.id is not None:
             self.known[message.revision] = message.id
-            if len(self.known) > LOG_LENGTH:
-                del self.known[min(self.known)]
+            if len(self.known) > LOG_LENGTH:  # revisions go in rising (a snapshot's log, then rev + 1 each):
+                del self.known[next(iter(self.known))]  # the first is the oldest, no scan of all 1,024
         batch.applied += 1
         batch.first = batch.first or message.revision
         self.errors.pop("message", None)
