@@ -67,6 +67,16 @@ def _fleet_options(parser: argparse.ArgumentParser) -> None:
     _json_option(parser)
 
 
+def _rollback_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--to", help="a staged release to go to (default: one step back)")
+    parser.add_argument("--request", help="the request id that a rollback whose outcome was unknown printed: made "
+                                          "at most once")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for acknowledgements")
+    parser.add_argument("--inventory", "-i", help="Ansible inventory (default: $ANSIBLE_INVENTORY, else "
+                                                  "ansible.cfg's)")
+    _json_option(parser)
+
+
 def _json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON for machines")
 
@@ -125,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True)
     p.add_argument("--keep", type=int, default=5)
     p.add_argument("--protect", action="append", default=[], help="a release to keep (repeatable)")
+    p.add_argument("--partial-grace", type=float, default=60.0, help="keep a releases/*.partial (a staging) that "
+                   "changed less than this many seconds ago")
     _json_option(p)
 
     p = add("acl", "control:acl", "print the Redis ACL rules of a host's agent or of the publisher")
@@ -152,10 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label")
     _fleet_options(p)
     p = add("rollback", "control:release_rollback", "the same as `sync-agent rollback`", rsub)
-    p.add_argument("--to", help="a staged release to go to (default: one step back)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for acknowledgements")
-    p.add_argument("--inventory", "-i", help="Ansible inventory (default: $ANSIBLE_INVENTORY, else ansible.cfg's)")
-    _json_option(p)
+    _rollback_options(p)
     p = add("list", "control:release_list", "the activation history with labels", rsub)
     _control_options(p)
     _json_option(p)
@@ -190,7 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("rollout", "control:rollout_build", "stage a build on every web host of an inventory and switch "
             "the fleet to it; without --build, bring hosts lacking the current release up to it")
-    p.add_argument("--build", help="the build directory, e.g. dist/")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--build", help="the build directory, e.g. dist/")
+    what.add_argument("--abort", action="store_true", help="put back what an unfinished rollout (killed, its "
+                      "lock lost) switched")
     p.add_argument("--label", help="release label (default: git describe of the build's repository)")
     p.add_argument("--check", action="store_true", help="say what would happen; change nothing")
     p.add_argument("--init", action="store_true", help="on an empty store, make a new one when no web host has a "
@@ -199,10 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("rollback", "control:release_rollback", "roll an inventory's fleet one step back in the "
             "activation history, or --to a staged release, and wait for every host")
-    p.add_argument("--to", help="a staged release to go to (default: one step back)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for acknowledgements")
-    p.add_argument("--inventory", "-i", help="Ansible inventory (default: $ANSIBLE_INVENTORY, else ansible.cfg's)")
-    _json_option(p)
+    _rollback_options(p)
 
     p = add("recover", "control:recover", "rebuild a wiped (or distrusted) store from what an inventory's web "
             "hosts hold: the release, its history and the data of the host with the newest applied change")
@@ -214,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("fleet", "control:fleet", "the status of every host; exit 5 while any is silent, lagging or degraded")
     p.add_argument("--hosts", required=True, help="comma-separated inventory hostnames")
+    _control_options(p)
+    _json_option(p)
+
+    p = add("log", "control:change_log", "who changed what and when: data keys, releases, rollbacks, recoveries, "
+            "lock breaks (newest first)")
+    p.add_argument("--limit", type=int, default=50, help="how many entries")
     _control_options(p)
     _json_option(p)
 

@@ -18,7 +18,8 @@ EXIT_FAILURE = 1  # the operation ran and failed (a host lagged, a rollout rolle
 EXIT_USAGE = 2  # bad input: arguments, configuration, a manifest or stream
 EXIT_UNAVAILABLE = 3  # Redis or a host could not be reached
 EXIT_LOCKED = 4  # another operation holds the deploy lock
-EXIT_UNHEALTHY = 5  # `fleet`/`status`: a host is silent, lagging or degraded
+EXIT_UNHEALTHY = 5  # `fleet`/`status`: a host is silent, lagging or degraded, or a rollout is unfinished
+EXIT_UNKNOWN = 6  # Redis stopped answering mid-request: whether the change was made is not known
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as a shell reports it
 
 
@@ -108,6 +109,33 @@ class LockHeld(FrontfleetError):
             "wait for it to finish, or break a dead holder's lock with --force"
         )
         self.holder = holder
+
+
+class LockLost(FrontfleetError):
+    """The deploy lock this operation held expired or was broken: it stops, and changes nothing more."""
+
+    exit_code = EXIT_LOCKED
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"lost the deploy lock ({why}); this operation stopped and changed nothing more. The fleet "
+                         "is where the lock's new holder leaves it: `fab status` and `fab log` show it")
+
+
+class RolloutUnfinished(FrontfleetError):
+    """A rollout switched hosts and never finished (killed, its lock broken): nothing moves the fleet until it is
+    aborted."""
+
+    exit_code = EXIT_LOCKED
+
+
+class OutcomeUnknown(FrontfleetError):
+    """A change was sent and Redis stopped answering before saying whether it was made."""
+
+    exit_code = EXIT_UNKNOWN
+
+    def __init__(self, message: str, request: str) -> None:
+        super().__init__(message)
+        self.request = request  # the request's id: `fab log` lists it if it was made
 
 
 class ConnectionLost(StoreUnavailable):

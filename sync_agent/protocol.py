@@ -28,6 +28,8 @@ MAX_DEPTH = 32  # nesting of arrays and objects in one value
 MAX_DATA_KEYS = 1000  # keys in NS:data, checked by lua/data.lua
 MAX_DATA_BYTES = 8 * 1024 * 1024  # key + value bytes of the whole NS:data, checked by lua/data.lua
 LOG_LENGTH = 1024  # (revision, change id) pairs NS:log keeps, newest last (docs/protocol.md, "The change chain")
+CHANGES_LENGTH = 1000  # entries NS:changes (the record of who changed what) keeps, newest first
+REQUEST_TTL_MS = 24 * 3600 * 1000  # how long a release request's outcome is kept for its retries
 
 # Release ids, data keys, host names and namespaces share one safe charset:
 # no "/", no "..", no leading "." — they become file names and key suffixes.
@@ -213,6 +215,20 @@ class Keys:
     @property
     def lock(self) -> str:
         return f"{self.namespace}:lock"
+
+    @property
+    def changes(self) -> str:
+        """List of JSON entries, newest first, at most CHANGES_LENGTH: who changed what and when (`fab log`)."""
+        return f"{self.namespace}:changes"
+
+    @property
+    def rollout(self) -> str:
+        """JSON: the rollout that has switched hosts and not finished, and the state to go back to."""
+        return f"{self.namespace}:rollout"
+
+    def request(self, request_id: str) -> str:
+        """The outcome of one release request, kept REQUEST_TTL_MS for its retries ("abandoned": never made)."""
+        return f"{self.namespace}:request:{request_id}"
 
     def status(self, host: str) -> str:
         return f"{self.namespace}:status:{validate_host(host)}"

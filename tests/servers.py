@@ -5,9 +5,12 @@ Standard library and redis-py only (no pytest): bench/ imports this too, and `ma
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -118,3 +121,143 @@ def new_store(client: redis.Redis, namespace: str, **options: Any) -> Any:
     if store.snapshot().empty:
         store.init()
     return store
+
+
+def split_command(buffer: bytes) -> tuple[list[bytes], bytes] | None:
+    """The first whole RESP command in buffer (its arguments, the bytes after it), None until it is all there."""
+    end = buffer.find(b"\r\n")
+    if end < 0:
+        return None
+    if not buffer.startswith(b"*"):  # an inline command
+        return buffer[:end].split(), buffer[end + 2:]
+    args, position = [], end + 2
+    for _ in range(int(buffer[1:end])):
+        end = buffer.find(b"\r\n", position)
+        if end < 0:
+            return None
+        length = int(buffer[position + 1:end])
+        if end + 2 + length + 2 > len(buffer):
+            return None
+        args.append(buffer[end + 2:end + 2 + length])
+        position = end + 2 + length + 2
+    return args, buffer[position:]
+
+
+class LossyProxy:
+    """A TCP proxy in front of a Redis that loses what we tell it to, as a network does: it forwards every command
+    whole, except that for the next `times` commands matching a predicate it either loses the reply (forwards the
+    command, throws away what comes back and cuts the connection) or loses the command itself (never forwards
+    it, cuts the connection). Commands are read whole (RESP), so the predicate sees their arguments.
+
+    Used by the integration tests and, with the controller's fab, by the fleet tests; started and closed by them.
+    """
+
+    def __init__(self, target_host: str, target_port: int, listen_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+        self.listener = socket.create_server((listen_host, 0))
+        self.address = listen_host
+        self.port = int(self.listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._rule: tuple[Callable[[list[bytes]], bool], str, int] | None = None
+        self.vanish = False  # after losing a reply, accept no connection any more (Redis unreachable from here on)
+        self.lost: list[list[bytes]] = []  # the commands whose reply, or which, it lost
+        self._sockets: list[socket.socket] = []
+        self._closing = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def lose_reply(self, matches: Callable[[list[bytes]], bool], times: int = 1, vanish: bool = False) -> None:
+        with self._lock:
+            self._rule = (matches, "reply", times)
+            self.vanish = vanish
+
+    def lose_command(self, matches: Callable[[list[bytes]], bool], times: int = 1) -> None:
+        with self._lock:
+            self._rule = (matches, "command", times)
+
+    def _take(self, args: list[bytes]) -> str:
+        """What to do with one command: "forward", "reply" (lose its reply) or "command" (lose it)."""
+        with self._lock:
+            if self._rule is None or not self._rule[0](args):
+                return "forward"
+            matches, how, times = self._rule
+            self._rule = (matches, how, times - 1) if times > 1 else None
+            self.lost.append(args)
+            return how
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                if self._closing.is_set():
+                    return
+                continue
+            upstream.settimeout(None)
+            cut = threading.Event()
+            with self._lock:
+                self._sockets += [client, upstream]
+            threading.Thread(target=self._requests, args=(client, upstream, cut), daemon=True).start()
+            threading.Thread(target=self._replies, args=(upstream, client, cut), daemon=True).start()
+
+    def _requests(self, client: socket.socket, upstream: socket.socket, cut: threading.Event) -> None:
+        buffer = b""
+        try:
+            while chunk := client.recv(65536):
+                buffer += chunk
+                while (found := split_command(buffer)) is not None:
+                    args, rest = found
+                    whole, buffer = buffer[:len(buffer) - len(rest)], rest
+                    how = self._take(args)
+                    if how == "command":
+                        raise OSError("lost a command")
+                    if how == "reply":
+                        if self.vanish:
+                            self._stop_listening()
+                        cut.set()  # set before the command goes: whatever comes back after it is thrown away
+                        upstream.sendall(whole)
+                        time.sleep(0.2)  # Redis runs it and answers into the void
+                        raise OSError("lost a reply")
+                    upstream.sendall(whole)
+        except OSError:
+            pass
+        finally:
+            cut.set()
+            for sock in (client, upstream):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def _replies(self, upstream: socket.socket, client: socket.socket, cut: threading.Event) -> None:
+        try:
+            while chunk := upstream.recv(65536):
+                if cut.is_set():
+                    return
+                client.sendall(chunk)
+        except OSError:
+            pass
+
+    def _stop_listening(self) -> None:
+        self._closing.set()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way: close() alone would not
+        self.listener.close()
+
+    def close(self) -> None:
+        self._stop_listening()
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+
+    def __enter__(self) -> LossyProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def is_script_call(*words: bytes) -> Callable[[list[bytes]], bool]:
+    """A predicate: an EVALSHA/EVAL whose arguments include every one of words (e.g. b"rollback")."""
+    def matches(args: list[bytes]) -> bool:
+        return bool(args) and args[0].upper() in (b"EVALSHA", b"EVAL") and all(word in args[1:] for word in words)
+    return matches

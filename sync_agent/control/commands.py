@@ -10,7 +10,7 @@ from pathlib import Path
 from ..protocol import Keys, acl_setuser_line, acl_user
 from ..report import Report
 from . import reports, scaffold
-from .rollout import publish, rollback, rollout, sync_new_hosts
+from .rollout import abort, publish, rollback, rollout, sync_new_hosts
 from .session import session
 from .store import Store, connect
 from .wheels import LOCK_FILE, build_wheels, update_lock
@@ -26,6 +26,8 @@ def _hosts(value: str | None) -> list[str]:
 
 def rollout_build(args: argparse.Namespace) -> Report:
     with session(args.inventory) as s:
+        if args.abort:
+            return reports.abort(*abort(s, timeout=args.timeout))
         if args.build:
             return reports.rollout(rollout(s, Path(args.build), label=args.label, canary=args.canary,
                                            timeout=args.timeout, check=args.check, init=args.init))
@@ -40,7 +42,7 @@ def release_publish(args: argparse.Namespace) -> Report:
 
 def release_rollback(args: argparse.Namespace) -> Report:
     with session(args.inventory) as s:
-        return reports.rollback(*rollback(s, args.to, timeout=args.timeout))
+        return reports.rollback(*rollback(s, args.to, timeout=args.timeout, request=args.request))
 
 
 def recover(args: argparse.Namespace) -> Report:
@@ -78,6 +80,10 @@ def data_list(args: argparse.Namespace) -> Report:
 
 def fleet(args: argparse.Namespace) -> Report:
     return reports.status(_store(args), _hosts(args.hosts))
+
+
+def change_log(args: argparse.Namespace) -> Report:
+    return reports.change_log(_store(args), args.limit)
 
 
 def lock(args: argparse.Namespace) -> Report:

@@ -19,7 +19,7 @@ from invoke.exceptions import Exit
 from sync_agent import control
 from sync_agent.control import reports
 from sync_agent.control.progress import RichProgress
-from sync_agent.errors import FrontfleetError
+from sync_agent.errors import EXIT_USAGE, FrontfleetError
 from sync_agent.report import Report, error_report
 
 INVENTORY_HELP = "Ansible inventory (default: $ANSIBLE_INVENTORY, else ansible.cfg's)"
@@ -40,9 +40,16 @@ def _run(json_out: bool, action: Callable[[control.Session], Report], inventory:
 @task(help={"build": "the build folder, e.g. dist/", "label": "release label (default: git describe)",
             "canary": "switch this many hosts first", "timeout": "seconds to wait for acknowledgements",
             "check": "say what would be sent and switched; change nothing",
+            "abort": "put back what an unfinished rollout (killed, its lock lost) switched",
             "json": "print JSON", "inventory": INVENTORY_HELP})
-def rollout(c, build, label=None, canary=0, timeout=30.0, check=False, json=False, inventory=None):
+def rollout(c, build=None, label=None, canary=0, timeout=30.0, check=False, abort=False, json=False,
+            inventory=None):
     """Stage a build on every web host (only what each lacks), then switch the whole fleet to it at once."""
+    if abort:
+        _run(json, lambda s: reports.abort(*control.abort(s, float(timeout))), inventory)
+        return
+    if not build:
+        raise Exit("fab: rollout needs --build DIR (the build folder), or --abort", code=EXIT_USAGE)
     progress = None if json or check or not sys.stdout.isatty() else RichProgress()
 
     def act(s: control.Session) -> Report:
@@ -65,11 +72,12 @@ def publish(c, release, label=None, canary=0, timeout=30.0, json=False, inventor
                                                          timeout=float(timeout))), inventory)
 
 
-@task(help={"to": "a staged release to go to (default: one step back)", "json": "print JSON",
+@task(help={"to": "a staged release to go to (default: one step back)",
+            "request": "the request id an unknown outcome printed: made at most once", "json": "print JSON",
             "inventory": INVENTORY_HELP})
-def rollback(c, to=None, json=False, inventory=None):
+def rollback(c, to=None, request=None, json=False, inventory=None):
     """Go one step back in the activation history (no transfer), or --to any staged release."""
-    _run(json, lambda s: reports.rollback(*control.rollback(s, to)), inventory)
+    _run(json, lambda s: reports.rollback(*control.rollback(s, to, request=request)), inventory)
 
 
 @task(help={"json": "print JSON", "inventory": INVENTORY_HELP})
@@ -145,6 +153,13 @@ def recover(c, release=None, yes=False, timeout=30.0, json=False, inventory=None
     _run(json, lambda s: reports.recover(s, release, bool(yes), float(timeout), bool(json)), inventory)
 
 
+@task(name="log", help={"limit": "how many entries, newest first", "json": "print JSON",
+                        "inventory": INVENTORY_HELP})
+def change_log(c, limit=50, json=False, inventory=None):
+    """Who changed what and when: data keys, releases, rollbacks, recoveries, lock breaks."""
+    _run(json, lambda s: reports.change_log(s.store, int(limit)), inventory)
+
+
 @task(help={"force": "break a dead holder's lock (prints a warning naming it)", "json": "print JSON",
             "inventory": INVENTORY_HELP})
 def lock(c, force=False, json=False, inventory=None):
@@ -152,5 +167,5 @@ def lock(c, force=False, json=False, inventory=None):
     _run(json, lambda s: reports.lock(s.store, s.fleet.namespace, bool(force)), inventory)
 
 # What a fabfile's `from sync_agent.control.fabtasks import *` brings: the tasks, nothing else.
-__all__ = ["data_del", "data_export", "data_get", "data_import", "data_list", "data_set", "lock", "prune", "publish",
-           "recover", "releases", "rollback", "rollout", "status"]
+__all__ = ["change_log", "data_del", "data_export", "data_get", "data_import", "data_list", "data_set", "lock", "prune",
+           "publish", "recover", "releases", "rollback", "rollout", "status"]

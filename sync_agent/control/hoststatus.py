@@ -9,7 +9,7 @@ no clock on a host or the controller is trusted.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..protocol import HostStatus
@@ -101,14 +101,17 @@ def _why(status: HostStatus | None, release: str | None, now: float) -> str:
 
 
 def wait_for_acks(store: Store, hosts: Iterable[str], epoch: str, revision: int, release: str | None = None,
-                  timeout: float = 30.0) -> dict[str, str]:
-    """Wait until every host reports the revision (and the release, if given).
+                  timeout: float = 30.0, check: Callable[[], None] | None = None) -> dict[str, str]:
+    """Wait until every host reports the revision (and the release, if given); check (e.g. Hold.check, which
+    raises once the deploy lock is lost) runs before each look.
 
     Returns the laggards, host → why, empty when everyone acknowledged.
     """
     pending = set(hosts)
     deadline = time.monotonic() + timeout
     while True:
+        if check is not None:
+            check()
         statuses, now = read_statuses(store, sorted(pending))
         pending = {h for h, s in statuses.items() if not _acknowledged(s, release, epoch, revision)}
         if not pending:

@@ -2,9 +2,11 @@
 
 A hash {holder, token} with a TTL in Redis, taken by a Lua script. It is
 renewed by a background thread while held, so a holder that dies frees it
-within one TTL. The steps inside one operation pass its token: acquiring
-again with the same token succeeds (re-entrant), so a rollout's own
-automatic rollback never waits on itself.
+within one TTL. The steps inside one operation pass its Hold: a rollout's own
+prune never waits on itself. Holding is checked where it matters, in Redis:
+every release change carries the token and its script refuses it once the
+lock is someone else's (lua/common.lua, fence). A renewal that fails marks the
+Hold lost, and the operation stops at its next step (Hold.check).
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 
 import redis
 
-from ..errors import LockHeld, StoreUnavailable
-from ..protocol import Keys
+from ..errors import LockHeld, LockLost, StoreUnavailable
+from ..protocol import CHANGES_LENGTH, Keys
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,25 @@ DEFAULT_TTL = 30.0
 def default_holder(operation: str) -> str:
     """Who holds the lock, in words an operator can act on."""
     return f"{operation} by {getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
+
+
+@dataclass
+class Hold:
+    """The deploy lock as one operation holds it: the token its release changes carry, and whether it was lost."""
+
+    token: str
+    holder: str
+    lost: threading.Event = field(default_factory=threading.Event)
+    why: str = ""
+
+    def lose(self, why: str) -> None:
+        self.why = why
+        self.lost.set()
+
+    def check(self) -> None:
+        """Raise LockLost once the renewer found the lock gone: the operation stops before its next step."""
+        if self.lost.is_set():
+            raise LockLost(self.why)
 
 
 @dataclass(frozen=True)
@@ -47,13 +68,16 @@ class DeployLock:
 
     def __init__(self, client: redis.Redis, namespace: str, ttl: float = DEFAULT_TTL) -> None:
         self.client = client
-        self.key = Keys(namespace).lock
+        keys = Keys(namespace)
+        self.key, self.changes = keys.lock, keys.changes
         self.ttl = ttl
         self._script = client.register_script(resources.files(__package__).joinpath("lua/lock.lua").read_text())
 
     def _call(self, op: str, token: str, holder: str = "") -> list[object]:
+        who = f"{getpass.getuser()}@{socket.gethostname()}"
         try:
-            result = self._script(keys=[self.key], args=[op, token, holder, int(self.ttl * 1000)])
+            result = self._script(keys=[self.key, self.changes],
+                                  args=[op, token, holder, int(self.ttl * 1000), who, CHANGES_LENGTH])
         except redis.RedisError as err:
             raise StoreUnavailable(f"cannot reach Redis for the deploy lock: {err}") from err
         return list(result)
@@ -72,6 +96,15 @@ class DeployLock:
 
     def renew(self, token: str) -> bool:
         return self._call("renew", token)[0] == 1
+
+    def confirm(self, hold: Hold) -> None:
+        """Check in Redis that hold is still the lock's (and renew it); LockLost if not. For a step that acts
+        outside Redis, where no script can check the token: prune, before each host."""
+        hold.check()
+        result = self._call("renew", hold.token)
+        if result[0] != 1:
+            hold.lose(f"it is now held by {result[1]}" if result[1] else "it expired or was broken and is free")
+            hold.check()
 
     def release(self, token: str) -> bool:
         return self._call("release", token)[0] == 1
@@ -105,37 +138,47 @@ class DeployLock:
         return LockInfo(text, max(int(pttl), 0) / 1000)
 
     @contextmanager
-    def held(self, holder: str, token: str | None = None, wait: float = 0.0, force: bool = False) -> Iterator[str]:
+    def held(self, holder: str, hold: Hold | None = None, wait: float = 0.0, force: bool = False) -> Iterator[Hold]:
         """Hold the lock for a block, renewed every third of its TTL; released on the way out.
 
-        With a token (re-entry), the outer holder keeps renewing and releasing it.
+        With a hold (a step of an operation that holds it), the operation keeps renewing and releasing it.
         """
-        reentered = token is not None
-        if force and not reentered:
-            token, _ = self.force(holder)
-        else:
-            token = self.acquire(holder, token, wait)
-        if reentered:
-            yield token
+        if hold is not None:
+            hold.check()
+            yield hold
             return
+        token = self.force(holder)[0] if force else self.acquire(holder, None, wait)
+        hold = Hold(token, holder)
         stop = threading.Event()
-        renewer = threading.Thread(target=self._renew_until, args=(token, stop), name="deploy-lock", daemon=True)
+        renewer = threading.Thread(target=self._renew_until, args=(hold, stop), name="deploy-lock", daemon=True)
         renewer.start()
         try:
-            yield token
+            yield hold
         finally:
             stop.set()
             renewer.join()
-            try:
-                self.release(token)
-            except StoreUnavailable as err:
-                log.warning("could not release the deploy lock (it expires in %.0fs): %s", self.ttl, err)
+            if not hold.lost.is_set():
+                try:
+                    self.release(token)
+                except StoreUnavailable as err:
+                    log.warning("could not release the deploy lock (it expires in %.0fs): %s", self.ttl, err)
 
-    def _renew_until(self, token: str, stop: threading.Event) -> None:
+    def _renew_until(self, hold: Hold, stop: threading.Event) -> None:
+        """Renew every third of the TTL; mark the hold lost when the lock is another's, or when no renewal got
+        through for a whole TTL (it has expired by then, and someone else may hold it)."""
+        renewed = time.monotonic()
         while not stop.wait(self.ttl / 3):
             try:
-                if not self.renew(token):
-                    log.warning("lost the deploy lock: someone broke it with --force")
-                    return
+                result = self._call("renew", hold.token)
             except StoreUnavailable as err:
+                if time.monotonic() - renewed >= self.ttl:
+                    hold.lose(f"no renewal reached Redis for {self.ttl:.0f}s, so it expired: {err}")
+                    log.error("lost the deploy lock: %s", hold.why)
+                    return
                 log.warning("could not renew the deploy lock: %s", err)
+                continue
+            if result[0] != 1:
+                hold.lose(f"it is now held by {result[1]}" if result[1] else "it expired or was broken and is free")
+                log.error("lost the deploy lock: %s", hold.why)
+                return
+            renewed = time.monotonic()

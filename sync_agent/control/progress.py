@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from types import TracebackType
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
+from .records import RolloutRecord
 from .rollout import HostStaging, RolloutResult
 from .rollout import Progress as ProgressCallbacks
 
@@ -59,12 +62,15 @@ class RichProgress(ProgressCallbacks):
         self.console.print(table)
 
     @staticmethod
-    def status_table(rows: list[dict[str, Any]]) -> str:
-        """`fab status` as a table; silent, lagging or degraded hosts in red."""
+    def status_table(status: dict[str, Any]) -> str:
+        """`fab status` as a table; silent, lagging or degraded hosts in red, an unfinished rollout below."""
         table = Table()
         for column in ("host", "release", "label", "revision", "state", "last seen", "problem"):
             table.add_column(column)
-        for r in rows:
+        if status["rollout"]:
+            table.caption = escape(RolloutRecord.from_json(json.dumps(status["rollout"])).to_text())
+            table.caption_style = "bold red"
+        for r in status["hosts"]:
             style = None if r["healthy"] else "bold red"
             table.add_row(r["host"], r["release"] or "-", r["label"] or "", str(r["revision"] or "-"),
                           r["state"] or "-", r["seen"] or "-", r["problem"], style=style)

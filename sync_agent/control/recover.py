@@ -164,7 +164,7 @@ def plan_recovery(s: Session, release: str | None = None) -> RecoveryPlan:
 
 def recover(s: Session, plan: RecoveryPlan, timeout: float = DEFAULT_ACK_TIMEOUT) -> Change:
     """Publish the plan as a new epoch under the deploy lock, then wait for every web host to take it."""
-    with s.lock.held(default_holder("recover")):
+    with s.lock.held(default_holder("recover")) as hold:
         before = s.store.snapshot()
         if (before.epoch, before.revision) != ((plan.store_before.epoch, plan.store_before.revision)
                                                if plan.store_before else (None, 0)):
@@ -174,8 +174,9 @@ def recover(s: Session, plan: RecoveryPlan, timeout: float = DEFAULT_ACK_TIMEOUT
         metadata = {r: meta.get(r) or release_metadata("(recovered)") for r in plan.history}
         values = checked_values(plan.data, f"{plan.source}'s data.json")
         change = s.store.seed("recover", plan.continues_from, values, plan.release, plan.history, metadata,
-                              replace=True)
-        laggards = wait_for_acks(s.store, s.web_names, change.epoch, change.revision, plan.release, timeout)
+                              replace=True, token=hold.token)
+        laggards = wait_for_acks(s.store, s.web_names, change.epoch, change.revision, plan.release, timeout,
+                                 hold.check)
         if laggards:
             raise RolloutFailed("the store was rebuilt, but not every host took it", laggards,
                                 "`fab status` shows each host; an agent that is back takes it from the snapshot")

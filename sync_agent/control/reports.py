@@ -15,6 +15,7 @@ from . import datafile
 from . import recover as recovery
 from .hoststatus import fleet_view
 from .lock import DeployLock, default_holder
+from .records import RolloutRecord
 from .rollout import RolloutResult
 from .session import Session
 from .store import Change, Store
@@ -44,6 +45,7 @@ def new_hosts(hosts: list[str], check: bool) -> Report:
 
 
 def rollback(release: str, revision: int) -> Report:
+    """A rollback's outcome (also when a lost reply was answered by its first outcome)."""
     return Report({"changed": True, "release": release, "revision": revision},
                   f"every host is on {release} (revision {revision})")
 
@@ -68,10 +70,15 @@ def prune(removed: dict[str, list[str]]) -> Report:
 # --- the fleet --------------------------------------------------------------------------------------
 
 
+STATUS_LOG_ENTRIES = 10  # the newest entries of the record of changes that `status --json` carries
+
+
 def status(store: Store, hosts: list[str]) -> Report:
-    """One row per host: release and its label, revision, agent state, how long ago it was seen, its problem.
-    Exit 5 while a host is silent, lagging or degraded."""
+    """One row per host: release and its label, revision, agent state, how long ago it was seen, its problem; an
+    unfinished rollout; with --json also the newest changes. Exit 5 while a host is silent, lagging or degraded,
+    or a rollout is unfinished."""
     meta = store.release_metadata()
+    unfinished = store.unfinished_rollout()
     now = store.server_time()
     rows = []
     for view in fleet_view(store, hosts):
@@ -86,10 +93,32 @@ def status(store: Store, hosts: list[str]) -> Report:
     text = "\n".join(
         f"{r['host']:<14} {r['release'] or '-':<18} {r['label'] or '':<16} rev {r['revision'] or '-':<6} "
         f"{r['state'] or '-':<9} seen {r['seen'] or '-':<8} {r['problem']}" for r in rows)
+    data = {"hosts": rows, "rollout": unfinished.to_json() if unfinished else None,
+            "log": [entry.to_json() for entry in store.changes(STATUS_LOG_ENTRIES)]}
     unhealthy = [f"{r['host']} ({r['problem']})" for r in rows if not r["healthy"]]
-    if unhealthy:
-        return Report(rows, text, EXIT_UNHEALTHY, failure=f"{len(unhealthy)} host(s) unhealthy: {'; '.join(unhealthy)}")
-    return Report(rows, text)
+    failures = [f"{len(unhealthy)} host(s) unhealthy: {'; '.join(unhealthy)}"] if unhealthy else []
+    if unfinished:
+        failures.append(f"an {unfinished.to_text()}")
+        text += f"\n{unfinished.to_text()}"
+    if failures:
+        return Report(data, text, EXIT_UNHEALTHY, failure="; ".join(failures))
+    return Report(data, text)
+
+
+def change_log(store: Store, limit: int) -> Report:
+    """The record of changes, newest first: who changed what and when, as part of which operation."""
+    if limit < 1:
+        raise UsageError("--limit must be at least 1")
+    entries = store.changes(limit)
+    return Report([entry.to_json() for entry in entries], "\n".join(entry.to_text() for entry in entries)
+                  or "no change is recorded")
+
+
+def abort(record: RolloutRecord | None, where: str) -> Report:
+    if record is None:
+        return Report({"changed": False, "aborted": None}, "no rollout is unfinished; nothing to abort")
+    return Report({"changed": True, "aborted": record.to_json(), "where": where},
+                  f"aborted the rollout of {record.release}: {where}")
 
 
 def lock(store: Store, namespace: str, force: bool) -> Report:

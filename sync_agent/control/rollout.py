@@ -4,7 +4,11 @@ for every acknowledgement, checks over HTTP from each host, and undoes the switc
 
     rollout = manifest → what each host lacks → one stream per host → cutover → prune
     publish = staged on every host? → cutover        (a release staged earlier, e.g. by a rollout --check)
-    cutover = publish the desired release → acknowledgements → HTTP check from each host → undo on failure
+    cutover = record → publish the desired release → acknowledgements → HTTP check from each host → undo on failure
+    abort   = put back what the record of an unfinished rollout saved (its process was killed, its lock lost)
+
+Each holds the deploy lock (lock.Hold) and passes its token with every release change, so one whose lock was lost
+changes nothing more; it stops at its next step.
 """
 
 from __future__ import annotations
@@ -19,16 +23,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from ..errors import FrontfleetError, HostError, HostFailures, RolloutFailed, StoreEmpty, UsageError
+from ..errors import (
+    FrontfleetError,
+    HostError,
+    HostFailures,
+    LockLost,
+    OutcomeUnknown,
+    RemoteCommandFailed,
+    RolloutFailed,
+    RolloutUnfinished,
+    StoreEmpty,
+    UsageError,
+)
 from ..layout import record_path
 from ..manifest import Entry, Manifest, build_manifest
-from ..protocol import Desired, validate_release_id
+from ..protocol import Desired, new_change_id, validate_release_id
 from ..stream import offer, open_offer, read_answer, write_blobs
 from .hoststatus import fleet_view, read_statuses, wait_for_acks
 from .inventory import Host
-from .lock import default_holder
+from .lock import Hold, default_holder
+from .records import History, RolloutRecord, saved_state, unfinished_message
 from .session import Session, on_each, reading_answer_of, release_root
-from .store import History, release_metadata
+from .store import release_metadata
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -231,58 +247,80 @@ def _skew(s: Session, hosts: list[str]) -> int | None:
     return max(stamps) - min(stamps) if len(stamps) == len(hosts) and stamps else None
 
 
-def _undo(s: Session, saved: tuple[Desired, History], hosts: list[str], timeout: float) -> str:
-    """Put the saved desired state back and wait for the hosts that answer; say where the fleet is.
+def _undo(s: Session, saved: tuple[Desired, History], hosts: list[str], timeout: float,
+          hold: Hold) -> tuple[str, dict[str, str]]:
+    """Put the saved desired state back and wait for the hosts that answer: (where the fleet is, the hosts that
+    did not confirm it).
 
     A silent host (agent stopped, host down) is not waited for: it cannot confirm, and it
     resynchronises to the restored state from the snapshot when it comes back.
     """
     desired, history = saved
-    change = s.store.restore(desired, history)
+    change = s.store.restore(desired, history, token=hold.token)
     if desired.fleet is None:
-        return "there was no earlier release to go back to"
+        return "there was no earlier release to go back to", {}
     statuses, now = read_statuses(s.store, hosts)
     silent = sorted(h for h, st in statuses.items() if st is None or st.silent(now))
     answering = [h for h in hosts if h not in silent]
-    laggards = wait_for_acks(s.store, answering, change.epoch, change.revision, desired.fleet, timeout)
+    laggards = wait_for_acks(s.store, answering, change.epoch, change.revision, desired.fleet, timeout, hold.check)
     where = f"every host that answers is back on {desired.fleet}"
     if laggards:
         where = str(HostFailures(f"rolled back to {desired.fleet}, but not every host confirmed it", laggards))
     if silent:
         where += f" ({', '.join(silent)} silent: it takes {desired.fleet} from the snapshot when its agent is back)"
-    return where
+    return where, laggards
 
 
 def cutover(s: Session, manifest: Manifest, result: RolloutResult, saved: tuple[Desired, History],
-            meta: dict[str, Any], canary: int, timeout: float, progress: Progress, started: float) -> None:
+            meta: dict[str, Any], canary: int, timeout: float, progress: Progress, started: float,
+            hold: Hold) -> None:
     """Switch the fleet (the first `canary` hosts, then all) to a release staged everywhere; after each step wait
     for every acknowledgement and check each host over HTTP. Any failure puts the saved state back and raises
-    RolloutFailed, which names each failed host and where the fleet is now."""
+    RolloutFailed, which names each failed host and where the fleet is now.
+
+    Before the first switch the store records the rollout and the state to go back to; the record goes once the
+    fleet is on the release or back. A rollout that dies between leaves it: `fab status` names it, the next
+    rollout refuses, and `fab rollout --abort` puts that state back (abort)."""
     release = manifest.release_id
     hosts = list(s.fleet.web)
-    steps: list[tuple[list[Host], Callable[[], Any]]] = []
+    steps: list[tuple[str, list[Host], Callable[[], Any]]] = []
     if canary:
-        steps.append((hosts[:canary], lambda: s.store.override(release, [h.name for h in hosts[:canary]], meta)))
-    steps.append((hosts, lambda: s.store.activate(release, meta)))
-    for targets, publish in steps:
+        steps.append(("canary", hosts[:canary],
+                      lambda: s.store.override(release, [h.name for h in hosts[:canary]], meta, token=hold.token)))
+    steps.append(("switching", hosts, lambda: s.store.activate(release, meta, token=hold.token)))
+    record = RolloutRecord(new_change_id(), release, steps[0][0], saved_state(*saved))
+    s.store.begin_rollout(record, hold.token)
+    for index, (phase, targets, publish) in enumerate(steps):
+        if index:
+            s.store.rollout_phase(phase, hold.token)
         progress.phase(f"switching {len(targets)} host(s) to {release}")
         change = publish()
         progress.waiting([h.name for h in targets])
-        failures: dict[str, FrontfleetError | str] = dict(
-            wait_for_acks(s.store, [h.name for h in targets], change.epoch, change.revision, release, timeout))
+        failures: dict[str, FrontfleetError | str] = dict(wait_for_acks(
+            s.store, [h.name for h in targets], change.epoch, change.revision, release, timeout, hold.check))
         result.timings["acknowledged"] = round(time.monotonic() - started, 3)
         if not failures:
             failures.update(http_check(s, targets, manifest))
             result.timings["checked"] = round(time.monotonic() - started, 3)
         if failures:
-            where = _undo(s, saved, [h.name for h in hosts], timeout)
+            s.store.rollout_phase("undoing", hold.token)
+            where, _ = _undo(s, saved, [h.name for h in hosts], timeout, hold)
+            s.store.finish_rollout(record.id, hold.token)
             raise RolloutFailed(f"rollout of {release} failed", failures, where)
         result.revision = int(change.revision)
+    s.store.finish_rollout(record.id, hold.token)
     result.switched = True
     result.skew_ns = _skew(s, [h.name for h in hosts])
 
 
-def ensure_store(s: Session, init: bool, check: bool) -> None:
+def refuse_unfinished(s: Session) -> None:
+    """Nothing moves the fleet while a rollout that switched hosts is unfinished: `fab rollout --abort` first."""
+    record = s.store.unfinished_rollout()
+    if record is not None:
+        raise RolloutUnfinished(unfinished_message(record))
+
+
+def ensure_store(s: Session, init: bool, check: bool, hold: Hold) -> None:
     """Refuse a change on an empty store; with init (the release play), make a new store when no web host has a
     release yet (a new fleet), and refuse when some have one: Redis lost its data, and `fab recover` rebuilds it
     from them."""
@@ -300,7 +338,7 @@ def ensure_store(s: Session, init: bool, check: bool) -> None:
                            "data; nothing was changed", serving,
                            "run `fab recover` to rebuild the store from what the hosts hold, then deploy again")
     if not check:
-        s.store.init()
+        s.store.init(token=hold.token)
 
 
 def _check_canary(canary: int, hosts: list[Host]) -> None:
@@ -329,7 +367,7 @@ def default_label(build: Path) -> str | None:
 
 def rollout(s: Session, build: Path, label: str | None = None, canary: int = 0,
             timeout: float = DEFAULT_ACK_TIMEOUT, check: bool = False, progress: Progress | None = None,
-            token: str | None = None, init: bool = False) -> RolloutResult:
+            hold: Hold | None = None, init: bool = False) -> RolloutResult:
     """Stage a build everywhere, then cut the whole fleet over at once; roll back on any failure. On an empty
     store it is refused, unless init (see ensure_store)."""
     progress = progress or Progress()
@@ -343,8 +381,9 @@ def rollout(s: Session, build: Path, label: str | None = None, canary: int = 0,
         manifest = hashed.result()
     release = manifest.release_id
     _check_canary(canary, hosts)
-    with s.lock.held(default_holder(f"rollout of {release}"), token=token) as held:
-        ensure_store(s, init, check)
+    with s.lock.held(default_holder(f"rollout of {release}"), hold) as hold:
+        ensure_store(s, init, check, hold)
+        refuse_unfinished(s)
         desired, history = s.store.desired(), s.store.history()
         result = RolloutResult(release, desired.fleet)
         if check:
@@ -361,20 +400,21 @@ def rollout(s: Session, build: Path, label: str | None = None, canary: int = 0,
             result.staged = stage_everywhere(hosts, lambda h: stage_from_build(s, h, manifest, offered, build,
                                                                                progress))
         result.timings["staged"] = round(time.monotonic() - started, 3)
+        hold.check()
         if _already_live(s, desired, release):
             progress.phase(f"{release} is already live everywhere")
             return result
         meta = release_metadata(label or default_label(build) or release, files=len(manifest.entries),
                                 bytes=manifest.total_bytes)
-        cutover(s, manifest, result, (desired, history), meta, canary, timeout, progress, started)
-        result.pruned = prune(s, token=held)
+        cutover(s, manifest, result, (desired, history), meta, canary, timeout, progress, started, hold)
+        result.pruned = prune(s, hold=hold)
         result.timings["pruned"] = round(time.monotonic() - started, 3)
     return result
 
 
 def publish(s: Session, release: str, label: str | None = None, canary: int = 0,
             timeout: float = DEFAULT_ACK_TIMEOUT, progress: Progress | None = None,
-            token: str | None = None) -> RolloutResult:
+            hold: Hold | None = None) -> RolloutResult:
     """Make a release that is already staged on every web host the live one, with the rollout's cutover: the same
     acknowledgements, HTTP check and undo. `sync-agent release publish` runs this; nothing publishes around it."""
     progress = progress or Progress()
@@ -382,8 +422,9 @@ def publish(s: Session, release: str, label: str | None = None, canary: int = 0,
     validate_release_id(release)
     hosts = list(s.fleet.web)
     _check_canary(canary, hosts)
-    with s.lock.held(default_holder(f"publish of {release}"), token=token):
-        ensure_store(s, init=False, check=False)
+    with s.lock.held(default_holder(f"publish of {release}"), hold) as hold:
+        ensure_store(s, init=False, check=False, hold=hold)
+        refuse_unfinished(s)
         desired, history = s.store.desired(), s.store.history()
         require_staged_everywhere(s, release)
         result = RolloutResult(release, desired.fleet)
@@ -392,43 +433,90 @@ def publish(s: Session, release: str, label: str | None = None, canary: int = 0,
             return result
         manifest = read_staged_manifest(s, hosts[0], release)
         meta = release_metadata(label or release, files=len(manifest.entries), bytes=manifest.total_bytes)
-        cutover(s, manifest, result, (desired, history), meta, canary, timeout, progress, started)
+        cutover(s, manifest, result, (desired, history), meta, canary, timeout, progress, started, hold)
     return result
 
 
 def rollback(s: Session, to: str | None = None, timeout: float = DEFAULT_ACK_TIMEOUT,
-             token: str | None = None) -> tuple[str, int]:
-    """One step back in the activation history (or to a named staged release); (release, revision)."""
+             request: str | None = None) -> tuple[str, int]:
+    """One step back in the activation history (or to a named staged release); (release, revision).
+
+    With request (the id an earlier rollback whose outcome is unknown printed), it is made at most once: if that
+    rollback was made, its outcome is reported and nothing moves again."""
     hosts = s.web_names
-    with s.lock.held(default_holder("rollback"), token=token):
+    with s.lock.held(default_holder("rollback")) as hold:
+        refuse_unfinished(s)
         if to is not None:
             require_staged_everywhere(s, to)
         saved = (s.store.desired(), s.store.history())
-        change = s.store.rollback(to)
+        try:
+            change = s.store.rollback(to, token=hold.token, request=request)
+        except OutcomeUnknown as err:
+            raise OutcomeUnknown(f"{err}; or run the same rollback with --request {err.request}: it is made at "
+                                 "most once", err.request) from err
         release = s.store.desired().fleet or ""
-        laggards = wait_for_acks(s.store, hosts, change.epoch, change.revision, release, timeout)
+        laggards = wait_for_acks(s.store, hosts, change.epoch, change.revision, release, timeout, hold.check)
         if laggards:
-            raise RolloutFailed(f"rollback to {release} failed", laggards, _undo(s, saved, hosts, timeout))
+            raise RolloutFailed(f"rollback to {release} failed", laggards, _undo(s, saved, hosts, timeout, hold)[0])
     return release, int(change.revision)
 
 
-def prune(s: Session, keep: int | None = None, token: str | None = None) -> dict[str, list[str]]:
-    """Remove old releases on every host; never current, previous, or the next rollback target."""
+def abort(s: Session, timeout: float = DEFAULT_ACK_TIMEOUT) -> tuple[RolloutRecord | None, str]:
+    """Put back what the record of an unfinished rollout saved, wait for every host that answers, remove the
+    record: (the record, where the fleet is), (None, "") when no rollout is unfinished."""
+    hosts = s.web_names
+    with s.lock.held(default_holder("abort of an unfinished rollout")) as hold:
+        record = s.store.unfinished_rollout()
+        if record is None:
+            return None, ""
+        if not record.id:  # written by something this controller cannot read: nothing to put back from it
+            s.store.finish_rollout("", hold.token)
+            return record, "its record was unreadable: it is removed and nothing was put back; `fab status` shows " \
+                           "where each host is and `fab rollback --to RELEASE` moves the fleet"
+        where, laggards = _undo(s, record.back_to_state, hosts, timeout, hold)
+        s.store.finish_rollout("", hold.token)
+        if laggards:
+            raise RolloutFailed(f"abort of the rollout of {record.release}", laggards, where)
+        return record, where
+
+
+def prune(s: Session, keep: int | None = None, hold: Hold | None = None) -> dict[str, list[str]]:
+    """Remove old releases on every host; never current, previous, or the next rollback target, nor a release
+    being staged (a `.partial` younger than the lock's TTL may be the lock's next holder's). The lock is confirmed
+    in Redis right before each host: a prune whose lock was lost removes nothing more."""
     keep = keep or int(s.fleet.setting("frontfleet_keep_releases"))
-    with s.lock.held(default_holder("prune"), token=token):
-        protect = [r for r in (s.store.history().rollback_target, s.store.desired().fleet) if r]
+    lock = s.lock
+    with lock.held(default_holder("prune"), hold) as hold:
+        history = s.store.history()
+        protect = [r for r in (history.rollback_target, s.store.desired().fleet) if r]
 
         def prune_one(host: Host) -> list[str]:
             command = ["prune", "--root", release_root(host), "--keep", str(keep), "--json"]
             for release in protect:
                 command += ["--protect", release]
-            answer = s.agent_json(host, *command)
+            grace = ["--partial-grace", str(int(lock.ttl * 2))]
+            lock.confirm(hold)
+            try:
+                answer = s.agent_json(host, *command, *grace)
+            except RemoteCommandFailed as err:
+                if "--partial-grace" not in err.why:
+                    raise
+                # an agent from before 0.3 (controllers are upgraded first): its prune keeps no .partial
+                lock.confirm(hold)
+                answer = s.agent_json(host, *command)
             with reading_answer_of(host):
                 return [str(release) for release in answer["removed"]]
 
         removed, failures = on_each(list(s.fleet.web), prune_one)
+        lost = next((err for err in failures.values() if isinstance(err, LockLost)), None)
+        if lost is not None:
+            raise lost
         if failures:
             raise HostFailures("pruning failed", failures, f"pruned {', '.join(sorted(removed)) or 'no host'}")
+        kept_somewhere = set(history.releases)
+        gone = sorted({r for ids in removed.values() for r in ids} - kept_somewhere)
+        if gone:
+            s.store.forget_releases(gone, token=hold.token)
         return removed
 
 
@@ -438,12 +526,13 @@ def sync_new_hosts(s: Session, timeout: float = DEFAULT_ACK_TIMEOUT, check: bool
     release play without a build), an empty store is made first when no web host has a release (ensure_store)."""
     progress = progress or Progress()
     if init:
-        with s.lock.held(default_holder("init of a new store")):
-            ensure_store(s, init, check)
+        with s.lock.held(default_holder("init of a new store")) as hold:
+            ensure_store(s, init, check, hold)
     release = s.store.desired().fleet
     if release is None:
         return []
-    with s.lock.held(default_holder(f"staging {release} on new hosts")):
+    with s.lock.held(default_holder(f"staging {release} on new hosts")) as hold:
+        refuse_unfinished(s)
         staged, failures = on_each(list(s.fleet.web), lambda host: staged_on(s, host))
         if failures:
             raise RolloutFailed(f"cannot tell which hosts lack {release}", failures)
@@ -460,8 +549,10 @@ def sync_new_hosts(s: Session, timeout: float = DEFAULT_ACK_TIMEOUT, check: bool
             progress.phase(f"copying {release} from {source.name} to {host.name}")
             s.remote.relay(source, s.agent(source, "export", "--root", release_root(source), "--id", release),
                            json.dumps([e.sha256 for e in missing]).encode(), host, _stage_command(s, host, release))
-        change = s.store.rollback(to=release)  # republish the same desired state so the new hosts switch now
-        laggards = wait_for_acks(s.store, [h.name for h in lacking], change.epoch, change.revision, release, timeout)
+        # republish the same desired state so the new hosts switch now
+        change = s.store.rollback(to=release, token=hold.token)
+        laggards = wait_for_acks(s.store, [h.name for h in lacking], change.epoch, change.revision, release, timeout,
+                                 hold.check)
         if laggards:
             raise RolloutFailed(f"new hosts did not switch to {release}", laggards)
     return [h.name for h in lacking]

@@ -25,7 +25,11 @@ import redis
 
 from ..errors import (
     FrontfleetError,
+    LockHeld,
+    LockLost,
+    OutcomeUnknown,
     ProtocolError,
+    RolloutUnfinished,
     StoreEmpty,
     StoreExists,
     StoreForeign,
@@ -33,11 +37,14 @@ from ..errors import (
     UsageError,
 )
 from ..protocol import (
+    CHANGES_LENGTH,
     LOG_LENGTH,
     MAX_DATA_BYTES,
     MAX_DATA_KEYS,
+    REQUEST_TTL_MS,
     Desired,
     Keys,
+    is_change_id,
     load_json,
     new_change_id,
     validate_data_key,
@@ -46,12 +53,14 @@ from ..protocol import (
     validate_release_id,
 )
 from ..snapshot import Point, Snapshot, parse_snapshot, queue_snapshot
+from .records import ChangeEntry, History, RolloutRecord, saved_state, unfinished_message
 
 log = logging.getLogger(__name__)
 
 URL_ENV = "FRONTFLEET_REDIS_URL"
 SWITCH_MARGIN_MS = 50  # release events' switch_at = Redis TIME + this: above the p99 delivery to every agent
 PASSWORD_FILE_ENV = "FRONTFLEET_REDIS_PASSWORD_FILE"
+SOCKET_TIMEOUT = 15.0  # seconds a control-plane request waits for Redis' reply: a reply that never comes is lost
 
 
 def _script(name: str) -> str:
@@ -78,15 +87,20 @@ def connect(url: str | None = None, password_file: str | None = None, username: 
     if username:
         extra["username"] = username
     try:
-        client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, **extra)
+        client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5,
+                                      socket_timeout=SOCKET_TIMEOUT, **extra)
     except ValueError as err:
         raise UsageError(f"bad Redis URL {url!r}: {err}") from err
     return client
 
 
+def who() -> str:
+    """Who makes a change, as the record of changes and release metadata name them."""
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
 def who_and_when() -> dict[str, str]:
-    return {"who": f"{getpass.getuser()}@{socket.gethostname()}",
-            "when": datetime.now(UTC).isoformat(timespec="seconds")}
+    return {"who": who(), "when": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def release_metadata(label: str, **extra: Any) -> dict[str, Any]:
@@ -115,21 +129,6 @@ class Change:
 ORIGINS = ("init", "import", "recover")
 
 
-@dataclass(frozen=True)
-class History:
-    releases: list[str]
-    position: int  # index of the fleet's current release, -1 when there is none
-
-    @property
-    def current(self) -> str | None:
-        return self.releases[self.position] if self.position >= 0 else None
-
-    @property
-    def rollback_target(self) -> str | None:
-        """The release `rollback` would go to next."""
-        return self.releases[self.position - 1] if self.position >= 1 else None
-
-
 class Store:
     """Publisher operations on one namespace. Every method is one round trip or one script."""
 
@@ -137,21 +136,72 @@ class Store:
         self.client = client
         self.keys = Keys(namespace)
         self.switch_margin_ms = switch_margin_ms
+        self.who = who()
         self._data_script = client.register_script(_script("data"))
         self._release_script = client.register_script(_script("release"))
         self._seed_script = client.register_script(_script("seed"))
+        self._rollout_script = client.register_script(_script("rollout"))
+        self._forget_script = client.register_script(_script("forget"))
 
-    def _head(self) -> list[str]:
-        return [self.keys.epoch, self.keys.revision, self.keys.head, self.keys.log]
+    def _common(self, change_id: str, token: str, keep_outcome: bool) -> tuple[list[str], list[str]]:
+        """The keys and arguments every change script starts with (lua/common.lua)."""
+        keys = [self.keys.epoch, self.keys.revision, self.keys.head, self.keys.log, self.keys.lock,
+                self.keys.changes, self.keys.request(change_id)]
+        args = [change_id, self.keys.events, str(LOG_LENGTH), token, self.who, str(CHANGES_LENGTH),
+                str(REQUEST_TTL_MS if keep_outcome else 0)]
+        return keys, args
 
-    def _args(self, change_id: str) -> list[str]:
-        return [change_id, self.keys.events, str(LOG_LENGTH)]
+    def _request(self, script: Any, token: str, keys: list[str], args: list[str],
+                 request: str | None = None) -> tuple[str, Any]:
+        """Run a release request (fenced by the deploy lock, made once per id): (its id, its outcome).
+
+        redis-py sends a request again when its reply is lost; the script answers a repeat with the first outcome.
+        When Redis stays away, the request is settled: given up for good if it was never made, else its outcome.
+        A request id given again (a user's retry of an outcome that was unknown) is made at most once too.
+        """
+        if request is not None and not is_change_id(request):
+            raise UsageError(f"--request {request!r} is not a request id (16 hex digits, as an unknown outcome "
+                             "prints it)")
+        change_id = request or new_change_id()
+        common_keys, common_args = self._common(change_id, token, keep_outcome=True)
+        try:
+            return change_id, self._run(script, [*common_keys, *keys], [*common_args, *args])
+        except StoreUnavailable as err:
+            if not isinstance(err.__cause__, redis.ConnectionError | redis.TimeoutError):
+                raise
+            return change_id, self._settle(change_id, err)
+
+    def _settle(self, change_id: str, err: StoreUnavailable) -> Any:
+        """Whether a request whose reply was lost was made: its outcome if so; if not, it is marked abandoned, so a
+        copy still on its way is never made, and StoreUnavailable says nothing changed."""
+        key = self.keys.request(change_id)
+        try:
+            if self.client.set(key, "abandoned", nx=True, px=REQUEST_TTL_MS):
+                raise StoreUnavailable(f"{err}; request {change_id} was not made, nothing was changed") from err
+            outcome = self.client.get(key)
+        except redis.RedisError as again:
+            raise OutcomeUnknown(
+                f"Redis stopped answering while request {change_id} was on its way ({err.__cause__}): whether it "
+                f"was made is not known. Once Redis answers, `fab log` lists request {change_id} if it was made and "
+                "`fab status` shows where the fleet is; check both before trying again", change_id) from again
+        if outcome is None or outcome == "abandoned":
+            raise StoreUnavailable(f"{err}; request {change_id} was not made, nothing was changed") from err
+        return json.loads(str(outcome))
 
     def _run(self, script: Any, keys: list[str], args: list[str]) -> Any:
         try:
             return script(keys=keys, args=args)
         except redis.ResponseError as err:
             message = str(err)
+            if message.startswith("LOCKLOST"):
+                raise LockLost(message.removeprefix("LOCKLOST ")) from err
+            if message.startswith("LOCKHELD"):
+                raise LockHeld(message.removeprefix("LOCKHELD the deploy lock is held by "), -1) from err
+            if message.startswith("UNFINISHED"):
+                raise RolloutUnfinished(unfinished_message(RolloutRecord.from_json(
+                    message.removeprefix("UNFINISHED ")))) from err
+            if message.startswith("ABANDONED"):
+                raise StoreUnavailable(message.removeprefix("ABANDONED ")) from err
             if message.startswith("EMPTY"):
                 raise StoreEmpty() from err
             if message.startswith("FOREIGN"):
@@ -175,9 +225,9 @@ class Store:
 
     def _data(self, op: str, key: str, value: str) -> Change:
         change_id = new_change_id()
-        result = self._run(self._data_script, [*self._head(), self.keys.data],
-                           [*self._args(change_id), op, validate_data_key(key), value, str(MAX_DATA_KEYS),
-                            str(MAX_DATA_BYTES)])
+        keys, args = self._common(change_id, "", keep_outcome=False)
+        result = self._run(self._data_script, [*keys, self.keys.data],
+                           [*args, op, validate_data_key(key), value, str(MAX_DATA_KEYS), str(MAX_DATA_BYTES)])
         revision = int(result[1])
         return Change(result[0], revision, change_id if revision else "")
 
@@ -201,66 +251,86 @@ class Store:
 
     # --- releases -----------------------------------------------------------------------------
 
-    def _release(self, op: str, release: str, meta: dict[str, Any] | None = None,
-                 hosts: Iterable[str] = ()) -> Change:
-        keys = [*self._head(), self.keys.desired, self.keys.history, self.keys.history_position, self.keys.releases]
-        change_id = new_change_id()
-        args = [*self._args(change_id), op, release, json.dumps(meta) if meta else "", str(self.switch_margin_ms),
-                *hosts]
-        result = self._run(self._release_script, keys, args)
+    def _release(self, op: str, release: str, token: str, meta: dict[str, Any] | None = None,
+                 hosts: Iterable[str] = (), request: str | None = None) -> Change:
+        keys = [self.keys.desired, self.keys.history, self.keys.history_position, self.keys.releases]
+        args = [op, release, json.dumps(meta) if meta else "", str(self.switch_margin_ms), *hosts]
+        change_id, result = self._request(self._release_script, token, keys, args, request)
         return Change(result[0], int(result[1]), change_id)
 
     # --- new epochs ---------------------------------------------------------------------------
 
     def seed(self, how: str, continues_from: Point | None = None, data: dict[str, str] | None = None,
              release: str | None = None, history: list[str] | None = None,
-             metadata: dict[str, dict[str, Any]] | None = None, replace: bool = False) -> Change:
+             metadata: dict[str, dict[str, Any]] | None = None, replace: bool = False, token: str = "") -> Change:
         """Make a new epoch holding exactly this state, in one step; its origin says how it was made and what it
         continues from (agents follow a new epoch only when it continues from what they applied, or is a
         recovery). Refused on a store that has an epoch unless replace (StoreExists)."""
         if how not in ORIGINS:
             raise ValueError(f"unknown origin {how!r}")
-        change_id = new_change_id()
         epoch = new_change_id()
         origin = {"how": how, "continues_from": continues_from.to_json() if continues_from else None,
                   **who_and_when()}
-        keys = [*self._head(), self.keys.origin, self.keys.data, self.keys.desired, self.keys.history,
-                self.keys.history_position, self.keys.releases]
+        keys = [self.keys.origin, self.keys.data, self.keys.desired, self.keys.history, self.keys.history_position,
+                self.keys.releases, self.keys.rollout]
         pairs = [item for key in sorted(data or {}) for item in (validate_data_key(key), (data or {})[key])]
-        args = [*self._args(change_id), epoch, "replace" if replace else "", json.dumps(origin),
+        args = [epoch, "replace" if replace else "", json.dumps(origin),
                 validate_release_id(release) if release else "", json.dumps(history or []),
                 json.dumps({r: json.dumps(m) for r, m in (metadata or {}).items()}), *pairs]
-        result = self._run(self._seed_script, keys, args)
+        change_id, result = self._request(self._seed_script, token, keys, args)
         return Change(result[0], int(result[1]), change_id)
 
-    def init(self) -> Change:
+    def init(self, token: str = "") -> Change:
         """A new, empty store for a new fleet (the release play runs it when no web host has a release yet)."""
-        return self.seed("init")
+        return self.seed("init", token=token)
 
-    def activate(self, release: str, meta: dict[str, Any] | None = None) -> Change:
+    # Release changes carry the deploy-lock token of the operation (lock.Hold.token): the script refuses them when
+    # the caller no longer holds the lock, and when another operation holds it and the caller none.
+
+    def activate(self, release: str, meta: dict[str, Any] | None = None, token: str = "") -> Change:
         """Move the whole fleet to a release (a rollout): history appends, overrides are cleared."""
-        return self._release("activate", validate_release_id(release), meta)
+        return self._release("activate", validate_release_id(release), token, meta)
 
-    def override(self, release: str, hosts: Iterable[str], meta: dict[str, Any] | None = None) -> Change:
+    def override(self, release: str, hosts: Iterable[str], meta: dict[str, Any] | None = None,
+                 token: str = "") -> Change:
         """Move only these hosts (a canary); the fleet value and history stay."""
-        return self._release("override", validate_release_id(release), meta, [validate_host(h) for h in hosts])
+        return self._release("override", validate_release_id(release), token, meta,
+                             [validate_host(h) for h in hosts])
 
-    def clear_overrides(self, hosts: Iterable[str]) -> Change:
-        return self._release("clear", "", None, [validate_host(h) for h in hosts])
-
-    def rollback(self, to: str | None = None) -> Change:
+    def rollback(self, to: str | None = None, token: str = "", request: str | None = None) -> Change:
         """One step back in the activation history, or to a named release."""
         if to is None:
-            return self._release("rollback", "")
-        return self._release("goto", validate_release_id(to))
+            return self._release("rollback", "", token, request=request)
+        return self._release("goto", validate_release_id(to), token, request=request)
 
-    def restore(self, desired: Desired, history: History) -> Change:
-        """Put back a saved desired state and history (a failed rollout undoing itself)."""
-        saved: dict[str, Any] = {"overrides": desired.overrides or {}, "history": history.releases,
-                                 "position": history.position}
-        if desired.fleet:
-            saved["fleet"] = desired.fleet
-        return self._release("restore", json.dumps(saved))
+    def restore(self, desired: Desired, history: History, token: str = "") -> Change:
+        """Put back a saved desired state and history (a failed rollout undoing itself, an abort)."""
+        return self._release("restore", json.dumps(saved_state(desired, history)), token)
+
+    # --- the record of an unfinished rollout -----------------------------------------------------------
+
+    def _rollout_record(self, token: str, op: str, value: str) -> int:
+        keys, args = self._common(new_change_id(), token, keep_outcome=False)
+        return int(self._run(self._rollout_script, [*keys, self.keys.rollout], [*args, op, value]))
+
+    def begin_rollout(self, record: RolloutRecord, token: str) -> None:
+        """Record a rollout before its first switch (refused with RolloutUnfinished while another is recorded)."""
+        self._rollout_record(token, "begin", json.dumps(record.to_json()))
+
+    def rollout_phase(self, phase: str, token: str) -> None:
+        self._rollout_record(token, "phase", phase)
+
+    def finish_rollout(self, rollout_id: str, token: str) -> bool:
+        """Remove the record of this rollout ("" : whichever is recorded, an abort); whether there was one."""
+        return self._rollout_record(token, "finish", rollout_id) == 1
+
+    def unfinished_rollout(self) -> RolloutRecord | None:
+        raw = self.call(self.client.get, self.keys.rollout)
+        return RolloutRecord.from_json(raw) if raw else None
+
+    def changes(self, limit: int = CHANGES_LENGTH) -> list[ChangeEntry]:
+        """The record of who changed what, newest first; an entry this controller cannot read is shown as such."""
+        return [ChangeEntry.from_json(raw) for raw in self.call(self.client.lrange, self.keys.changes, 0, limit - 1)]
 
     def desired(self) -> Desired:
         return Desired.from_hash(self.call(self.client.hgetall, self.keys.desired))
@@ -276,11 +346,9 @@ class Store:
         raw = self.call(self.client.hgetall, self.keys.releases)
         return {k: json.loads(v) for k, v in raw.items()}
 
-    def forget_releases(self, releases: Iterable[str]) -> None:
-        """Drop metadata of releases that no host keeps any more (after a prune)."""
-        ids = list(releases)
-        if ids:
-            self.call(self.client.hdel, self.keys.releases, *ids)
+    def forget_releases(self, releases: Iterable[str], token: str = "") -> None:
+        """A prune's change to the store: drop the metadata of releases no host keeps any more, and record it."""
+        self._request(self._forget_script, token, [self.keys.releases], [validate_release_id(r) for r in releases])
 
     # --- reading ------------------------------------------------------------------------------
 

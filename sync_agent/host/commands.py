@@ -75,7 +75,9 @@ def stage(args: argparse.Namespace) -> Report:
 def prune_releases(args: argparse.Namespace) -> Report:
     if args.keep < 1:
         raise UsageError("--keep must be at least 1")
-    result = prune(Path(args.root), args.keep, set(args.protect))
+    if args.partial_grace < 0:
+        raise UsageError("--partial-grace must be 0 or more seconds")
+    result = prune(Path(args.root), args.keep, set(args.protect), args.partial_grace)
     kept = sorted(result.kept)
     return Report({"removed": sorted(result.removed), "kept": kept},
                   f"removed {len(result.removed)} release(s), kept {len(kept)}: {', '.join(kept)}")

@@ -141,8 +141,13 @@ def switch(root: StrPath, release_id: str) -> SwitchResult:
 # --- prune --------------------------------------------------------------------------------------
 
 
-def prune(root: StrPath, keep: int, protect: set[str] | frozenset[str] = frozenset()) -> PruneResult:
-    """Keep the `keep` newest releases plus current, previous and protect; remove the rest, then unused pool files."""
+PARTIAL_GRACE = 60.0  # seconds: a .partial touched more recently may be a staging still running
+
+
+def prune(root: StrPath, keep: int, protect: set[str] | frozenset[str] = frozenset(),
+          partial_grace: float = PARTIAL_GRACE) -> PruneResult:
+    """Keep the `keep` newest releases plus current, previous and protect; remove the rest, the `.partial` folders
+    no staging touched for partial_grace seconds, then unused pool files."""
     if keep < 0:
         raise UsageError(f"keep must be 0 or more, got {keep}")
     staged = [item.release_id for item in staged_releases(root)]
@@ -152,7 +157,7 @@ def prune(root: StrPath, keep: int, protect: set[str] | frozenset[str] = frozens
     removed = [name for name in release_names(root) if name not in kept and name not in pinned]
     for name in removed:
         _remove_release(root, name)
-    partials = _remove_partials(root)
+    partials = _remove_partials(root, partial_grace)
     pool_removed = _prune_pool(root, kept)
     log.info("pruned %d release(s), %d partial(s), %d pool file(s); kept %s",
              len(removed), len(partials), pool_removed, ", ".join(kept) or "none")
@@ -168,13 +173,30 @@ def _remove_release(root: StrPath, release_id: str) -> None:
     log.info("removed release %s", release_id)
 
 
-def _remove_partials(root: StrPath) -> list[str]:
+def _remove_partials(root: StrPath, grace: float) -> list[str]:
+    """Remove the staging folders left by stagings that died; one changed within grace seconds is left alone (a
+    staging running now: the deploy lock's next holder's, while an old holder's prune is still on its way)."""
     removed = []
+    now = time.time()
     for path in sorted(releases_dir(root).glob(f"*{PARTIAL_SUFFIX}")):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-            removed.append(path.name)
+        if not path.is_dir() or path.is_symlink():
+            continue
+        if now - _last_change(path) < grace:
+            log.info("kept %s: a staging changed it less than %.0fs ago", path.name, grace)
+            continue
+        shutil.rmtree(path)
+        removed.append(path.name)
     return removed
+
+
+def _last_change(tree: Path) -> float:
+    """The newest mtime of tree's folders: a staging that writes a file changes its folder's."""
+    newest = tree.lstat().st_mtime
+    for directory, subdirs, _ in os.walk(tree):
+        for name in subdirs:
+            with suppress(OSError):
+                newest = max(newest, os.lstat(os.path.join(directory, name)).st_mtime)
+    return newest
 
 
 def _prune_pool(root: StrPath, kept: list[str]) -> int:

@@ -136,9 +136,9 @@ def releases_on_disk(deployed: Deployment, host: str) -> list[str]:
 
 
 def status_json(deployed: Deployment) -> tuple[int, list[dict[str, Any]]]:
-    """(exit code, rows) of `fab status --json`."""
+    """(exit code, host rows) of `fab status --json`."""
     result = deployed.fab("status", "--json")
-    return result.returncode, list(json.loads(result.stdout))
+    return result.returncode, list(json.loads(result.stdout)["hosts"])
 
 
 def redis_cli(deployed: Deployment, *command: str) -> str:

@@ -174,7 +174,7 @@ def test_a_rollout_to_a_host_whose_releases_filesystem_is_full_fails_at_staging_
         assert {host: deployed.status_of(host)["switched_at_ns"] for host in deployed.web_hosts} == before
         assert not deployed.ssh(HOST, f"ls -d {releases}/*.partial 2>/dev/null", check=False).strip()
     assert_fleet_serves(deployed, builds.a)
-    assert {row["release"] for row in fab_json(deployed, "status")} == {on_a}
+    assert {row["release"] for row in fab_json(deployed, "status")["hosts"]} == {on_a}
 
 
 # --- (b) a flood of malformed events ------------------------------------------------------------------------

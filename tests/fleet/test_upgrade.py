@@ -242,5 +242,5 @@ def test_the_installed_package_upgrades_old_agents_in_place_without_a_failed_req
     shown_status = subprocess.run([str(installed_bin / "fab"), "status", "--json"], cwd=project, env=env,
                                   capture_output=True, text=True, timeout=120)
     assert shown_status.returncode == 0, f"fab status in the team's folder: {shown_status.stdout}{shown_status.stderr}"
-    assert {row["host"]: row["release"] for row in json.loads(shown_status.stdout)} == \
+    assert {row["host"]: row["release"] for row in json.loads(shown_status.stdout)["hosts"]} == \
         {host: rolled["release"] for host in hosts}

@@ -98,7 +98,7 @@ def test_lock_shows_the_holder_and_force_breaks_it_naming_the_holder(publisher_e
 def test_fleet_exits_5_while_a_host_never_reported(publisher_env):
     result = run("fleet", "--hosts", "web1,web2", "--json", env=publisher_env)
     assert result.returncode == EXIT_UNHEALTHY
-    assert [row["healthy"] for row in json.loads(result.stdout)] == [False, False]
+    assert [row["healthy"] for row in json.loads(result.stdout)["hosts"]] == [False, False]
 
 
 def test_acl_prints_a_loadable_users_acl_line():

@@ -43,7 +43,7 @@ def test_a_degraded_host_exits_5_and_shows_the_agents_error_until_it_is_ready(pu
 
         result = run("fleet", "--hosts", "web1,web2", "--json", env=publisher_env)
         assert result.returncode == EXIT_UNHEALTHY
-        rows = {row["host"]: row for row in json.loads(result.stdout)}
+        rows = {row["host"]: row for row in json.loads(result.stdout)["hosts"]}
         assert (rows["web1"]["healthy"], rows["web2"]["healthy"]) == (True, False)
         assert WRITE_FAILED in rows["web2"]["problem"]
         text = run("fleet", "--hosts", "web1,web2", env=publisher_env)

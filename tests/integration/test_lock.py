@@ -61,10 +61,10 @@ def test_a_held_lock_is_renewed_past_its_ttl(fresh_redis):
     assert lock.info().holder == "", "released on the way out"
 
 
-def test_reentry_with_the_token_succeeds_without_waiting(fresh_redis):
+def test_reentry_with_the_hold_succeeds_without_waiting(fresh_redis):
     lock = DeployLock(fresh_redis.client(), "ff")
-    with lock.held("rollout") as token, lock.held("automatic rollback", token=token) as inner:
-        assert inner == token
+    with lock.held("rollout") as hold, lock.held("its prune", hold) as inner:
+        assert inner is hold
         assert lock.info().holder == "rollout"
     assert lock.info().holder == ""
 

@@ -219,11 +219,18 @@ def test_prune_keeps_newest_current_previous_and_protected(tmp_path: Path) -> No
         age_record(root, release_id, 600 - n * 60)  # ids[5] newest
     switch(root, ids[0])
     switch(root, ids[1])  # current ids[1], previous ids[0]
-    (root / "releases" / "fedcba9876543210.partial").mkdir()
-    result = prune(root, keep=1, protect={ids[2]})
+    left = root / "releases" / "fedcba9876543210.partial"  # a staging that died ten minutes ago
+    (left / "assets").mkdir(parents=True)
+    for path in (left / "assets", left):
+        os.utime(path, (time.time() - 600, time.time() - 600))
+    running = root / "releases" / "0123456789abcdef.partial"  # a staging writing now (the lock's next holder's)
+    (running / "assets").mkdir(parents=True)
+    os.utime(running, (time.time() - 600, time.time() - 600))  # its top folder is old, a folder inside it is not
+    result = prune(root, keep=1, protect={ids[2]}, partial_grace=60)
     assert sorted(result.kept) == sorted([ids[5], ids[1], ids[0], ids[2]])
     assert sorted(result.removed) == sorted([ids[3], ids[4]])
     assert result.partials_removed == ["fedcba9876543210.partial"]
+    assert (running / "assets").is_dir(), "a staging that changed within the grace period was removed"
     for release_id in result.kept:
         assert is_staged(root, release_id)
     for release_id in result.removed:

@@ -1,15 +1,20 @@
 -- Change the desired release and the activation history in one step, bump the revision, publish.
--- KEYS[5] desired hash, KEYS[6] history list, KEYS[7] history position, KEYS[8] release metadata hash.
--- ARGV[4] op, ARGV[5] release id (or JSON for "restore"), ARGV[6] metadata JSON (or ""),
--- ARGV[7] switch margin in ms, ARGV[8..] host names.
+-- KEYS[8] desired hash, KEYS[9] history list, KEYS[10] history position, KEYS[11] release metadata hash.
+-- ARGV[8] op, ARGV[9] release id (or JSON for "restore"), ARGV[10] metadata JSON (or ""),
+-- ARGV[11] switch margin in ms, ARGV[12..] host names.
 -- The event carries switch_at = Redis TIME + the margin, in microseconds: the moment every agent renames current
 -- (docs/protocol.md), so hosts switch together however late each one wakes up.
 -- Ops: activate (fleet-wide, appends to history and drops anything ahead of the position),
 -- override (per-host, history untouched), clear (drop overrides of the hosts), rollback (one step back),
 -- goto (to a release in history, else like activate), restore (put back a saved desired state + history).
+-- Fenced by the deploy lock, made once per request id.
 -- Returns {epoch, revision, fleet release or ""}, or an error reply a user can act on.
-local op, id, meta = ARGV[4], ARGV[5], ARGV[6]
-local desired, history, pos_key, releases = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local done = replay()
+if done then return done end
+local refused = fence()
+if refused then return refused end
+local op, id, meta = ARGV[8], ARGV[9], ARGV[10]
+local desired, history, pos_key, releases = KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local epoch, base, parent = chain()
 if not epoch then return base end
 
@@ -35,9 +40,9 @@ if op == 'activate' then
   redis.call('HSET', desired, 'fleet', id)
   clear_overrides()
 elseif op == 'override' then
-  for i = 8, #ARGV do redis.call('HSET', desired, 'host:' .. ARGV[i], id) end
+  for i = 12, #ARGV do redis.call('HSET', desired, 'host:' .. ARGV[i], id) end
 elseif op == 'clear' then
-  for i = 8, #ARGV do redis.call('HDEL', desired, 'host:' .. ARGV[i]) end
+  for i = 12, #ARGV do redis.call('HDEL', desired, 'host:' .. ARGV[i]) end
 elseif op == 'rollback' then
   local pos = tonumber(redis.call('GET', pos_key) or '-1')
   if pos < 1 then
@@ -79,7 +84,11 @@ end
 local overrides_json = has_override and cjson.encode(state.overrides) or '{}'
 local fleet_json = state.fleet and cjson.encode(state.fleet) or 'null'
 local now = redis.call('TIME')
-local switch_at = string.format('%d', tonumber(now[1]) * 1000000 + tonumber(now[2]) + tonumber(ARGV[7]) * 1000)
+local switch_at = string.format('%d', tonumber(now[1]) * 1000000 + tonumber(now[2]) + tonumber(ARGV[11]) * 1000)
 redis.call('PUBLISH', ARGV[2], header('release', epoch, rev, parent) ..
   ',"desired":{"fleet":' .. fleet_json .. ',"overrides":' .. overrides_json .. '},"switch_at":' .. switch_at .. '}')
-return {epoch, rev, state.fleet or ''}
+local hosts = {}
+for i = 12, #ARGV do hosts[#hosts + 1] = ARGV[i] end
+note({what = op, release = (op == 'override' and id) or state.fleet or nil, hosts = #hosts > 0 and hosts or nil,
+      rev = rev}, true)
+return remember({epoch, rev, state.fleet or ''})

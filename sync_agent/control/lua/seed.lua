@@ -1,28 +1,34 @@
 -- Make a new epoch holding exactly the given state: `init` (a new fleet), an import onto an empty store, and
 -- `recover` (the state the hosts hold). The one script that creates an epoch: no change makes one by accident.
--- KEYS[5] origin, KEYS[6] data hash, KEYS[7] desired hash, KEYS[8] history list, KEYS[9] history position,
--- KEYS[10] release metadata hash.
--- ARGV[4] the new epoch, ARGV[5] "replace" to replace a store that has an epoch (else it is refused),
--- ARGV[6] origin JSON, ARGV[7] fleet release or "", ARGV[8] history JSON list, ARGV[9] metadata JSON object,
--- ARGV[10..] data key, value pairs (compact JSON, validated by the caller).
+-- KEYS[8] origin, KEYS[9] data hash, KEYS[10] desired hash, KEYS[11] history list, KEYS[12] history position,
+-- KEYS[13] release metadata hash, KEYS[14] the unfinished-rollout record (a new epoch ends it).
+-- ARGV[8] the new epoch, ARGV[9] "replace" to replace a store that has an epoch (else it is refused),
+-- ARGV[10] origin JSON, ARGV[11] fleet release or "", ARGV[12] history JSON list, ARGV[13] metadata JSON object,
+-- ARGV[14..] data key, value pairs (compact JSON, validated by the caller).
+-- Fenced by the deploy lock, made once per request id.
 -- Returns {epoch, revision, id}: an epoch starts at revision 0, this change; its first ordinary change is 1.
+local done = replay()
+if done then return done end
+local refused = fence()
+if refused then return refused end
 local existing = redis.call('GET', KEYS[1])
-if existing and ARGV[5] ~= 'replace' then
+if existing and ARGV[9] ~= 'replace' then
   return redis.error_reply('EXISTS the store already has epoch ' .. existing)
 end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9])
-local epoch = ARGV[4]
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[14])
+local epoch = ARGV[8]
 redis.call('SET', KEYS[1], epoch)
-redis.call('SET', KEYS[5], ARGV[6])
-for i = 10, #ARGV, 2 do redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + 1]) end
-local fleet = ARGV[7]
-if fleet ~= '' then redis.call('HSET', KEYS[7], 'fleet', fleet) end
-local history = cjson.decode(ARGV[8])
-for _, release in ipairs(history) do redis.call('RPUSH', KEYS[8], release) end
-if #history > 0 then redis.call('SET', KEYS[9], #history - 1) end
-for release, meta in pairs(cjson.decode(ARGV[9])) do redis.call('HSET', KEYS[10], release, meta) end
+redis.call('SET', KEYS[8], ARGV[10])
+for i = 14, #ARGV, 2 do redis.call('HSET', KEYS[9], ARGV[i], ARGV[i + 1]) end
+local fleet = ARGV[11]
+if fleet ~= '' then redis.call('HSET', KEYS[10], 'fleet', fleet) end
+local history = cjson.decode(ARGV[12])
+for _, release in ipairs(history) do redis.call('RPUSH', KEYS[11], release) end
+if #history > 0 then redis.call('SET', KEYS[12], #history - 1) end
+for release, meta in pairs(cjson.decode(ARGV[13])) do redis.call('HSET', KEYS[13], release, meta) end
 local rev = advance(-1)
 local fleet_json = fleet ~= '' and cjson.encode(fleet) or 'null'
 redis.call('PUBLISH', ARGV[2], header('release', epoch, rev, '') ..
   ',"desired":{"fleet":' .. fleet_json .. ',"overrides":{}}}')
-return {epoch, rev, ARGV[1]}
+note({what = cjson.decode(ARGV[10]).how, release = fleet ~= '' and fleet or nil, epoch = epoch, rev = rev}, true)
+return remember({epoch, rev, ARGV[1]})
