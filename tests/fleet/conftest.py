@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from fleet import Fleet
 from fleet.system import apt_command, missing_tools
 from tests.fleet.deployment import Deployment
+from tests.fleet.helpers import wait_healthy
 
 #: The first fleet test may build the base images (debootstrap + apt: about a minute, once per cache).
 FIRST_FLEET_TEST_TIMEOUT = 900
@@ -109,3 +111,21 @@ def deployed(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Deployme
     result = deployment.playbook()
     assert result.returncode == 0, "deploy.yml failed on the session's fleet; see the output above"
     return deployment
+
+
+@pytest.fixture
+def agent_control(deployed: Deployment) -> Iterator[Any]:
+    """stop(host) stops a host's sync agent; every stopped agent is started again afterwards."""
+    stopped: list[str] = []
+
+    def stop(host: str) -> None:
+        stopped.append(host)
+        deployed.ssh(host, "systemctl stop sync-agent")
+
+    try:
+        yield stop
+    finally:
+        for host in stopped:
+            deployed.ssh(host, "systemctl start sync-agent")
+        if stopped:
+            wait_healthy(deployed)

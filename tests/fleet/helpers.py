@@ -186,3 +186,9 @@ def wait_agent_ready(deployed: Deployment, host: str, not_pid: str = "", timeout
         return status if status.get("state") == "ready" and status.get("pid") != not_pid else None
 
     return dict(wait_until(ready, timeout=timeout, what=f"{host}'s agent to be ready"))
+
+
+def wait_healthy(deployed: Deployment, timeout: float = 60) -> None:
+    """Until `fab status` exits 0: every agent reports, none silent, lagging or degraded, no rollout unfinished."""
+    wait_until(lambda: deployed.fab("status").returncode == 0, timeout=timeout, interval=1,
+               what="every host to be healthy in `fab status`")

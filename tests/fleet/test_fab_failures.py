@@ -36,6 +36,7 @@ from tests.fleet.fab_builds import (
     salted_build,
     status_json,
 )
+from tests.fleet.helpers import wait_healthy
 
 pytestmark = pytest.mark.fleet
 
@@ -56,30 +57,6 @@ def on_a(deployed: Deployment, builds: Builds) -> str:
 
 def switched_at(deployed: Deployment) -> dict[str, str]:
     return {host: deployed.status_of(host)["switched_at_ns"] for host in deployed.web_hosts}
-
-
-def wait_healthy(deployed: Deployment, timeout: float = 60) -> None:
-    """Until `fab status` exits 0: every agent reports, none silent, lagging or degraded."""
-    wait_until(lambda: deployed.fab("status").returncode == 0, timeout=timeout, interval=1,
-               what="every host to be healthy in `fab status`")
-
-
-@pytest.fixture
-def agent_control(deployed: Deployment) -> Iterator[Any]:
-    """stop(host) stops a host's sync agent; every stopped agent is started again afterwards."""
-    stopped: list[str] = []
-
-    def stop(host: str) -> None:
-        stopped.append(host)
-        deployed.ssh(host, "systemctl stop sync-agent")
-
-    try:
-        yield stop
-    finally:
-        for host in stopped:
-            deployed.ssh(host, "systemctl start sync-agent")
-        if stopped:
-            wait_healthy(deployed)
 
 
 def assert_nothing_half_staged(deployed: Deployment, hosts: list[str]) -> None:
