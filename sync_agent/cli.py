@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, FrontfleetError, UsageError
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, FrontfleetError, ProtocolError, UsageError
 from .manifest import Manifest, build_manifest
+from .protocol import validate_namespace
 from .report import Report, error_report
 
 NAMESPACE_ENV = "FRONTFLEET_NAMESPACE"
@@ -59,6 +60,15 @@ def _control_options(parser: argparse.ArgumentParser) -> None:
                                                 "(or $FRONTFLEET_REDIS_PASSWORD_FILE)")
 
 
+def _namespace(value: str) -> str:
+    """--namespace (or $FRONTFLEET_NAMESPACE, which argparse passes through here too), checked before anything
+    connects."""
+    try:
+        return validate_namespace(value)
+    except ProtocolError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
 def _fleet_options(parser: argparse.ArgumentParser) -> None:
     """What an operation on an inventory's fleet takes (rollout, release publish)."""
     parser.add_argument("--inventory", "-i", help="Ansible inventory (default: $ANSIBLE_INVENTORY, else ansible.cfg's)")
@@ -84,7 +94,7 @@ def _json_option(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sync-agent", description="frontfleet's sync agent and control plane")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--namespace", default=os.environ.get(NAMESPACE_ENV, DEFAULT_NAMESPACE),
+    parser.add_argument("--namespace", type=_namespace, default=os.environ.get(NAMESPACE_ENV, DEFAULT_NAMESPACE),
                         help=f"key namespace (default ${NAMESPACE_ENV} or {DEFAULT_NAMESPACE})")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug lines to stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -34,7 +34,6 @@ REQUEST_TTL_MS = 24 * 3600 * 1000  # how long a release request's outcome is kep
 # Release ids, data keys, host names and namespaces share one safe charset:
 # no "/", no "..", no leading "." — they become file names and key suffixes.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
-_NAMESPACE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-:]*$")
 _CHANGE_ID = re.compile(r"^[0-9a-f]{8,32}$")
 
 MESSAGE_TYPES = ("data", "release")
@@ -78,9 +77,15 @@ def is_change_id(value: object) -> bool:
 
 
 def validate_namespace(value: object) -> str:
-    if not isinstance(value, str) or not _NAMESPACE.match(value) or len(value) > MAX_KEY_LENGTH:
-        raise ProtocolError(f"namespace {value!r} must be letters, digits, '_', '.', '-', ':'")
-    return value
+    """A namespace is the first part of every key and ACL pattern, so it has no `:` of its own: the agent's rule
+    `%R~shop:*` would otherwise also grant fleet `shop:eu`'s keys (and `shop:status:*` its status keys)."""
+    if isinstance(value, str) and ":" in value:
+        raise ProtocolError(
+            f"namespace {value!r} contains ':': the ACL rules of a fleet named {value.partition(':')[0]!r} "
+            f"({value.partition(':')[0]}:*) would also cover its keys. Use letters, digits, '_', '.', '-' "
+            f"(e.g. {value.replace(':', '-')!r})"
+        )
+    return _check_name("namespace", value, MAX_KEY_LENGTH)
 
 
 def _refuse_constant(name: str) -> Any:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ProtocolError
+from ..protocol import validate_namespace
 from .sshargs import ssh_config_lines
 
 # The Ansible collection beside the package: in the checkout, and in site-packages where the frontfleet
@@ -72,7 +73,12 @@ class Fleet:
 
     @property
     def namespace(self) -> str:
-        return str(self.setting("frontfleet_namespace"))
+        """frontfleet_namespace, refused here (before any host or Redis is reached) when it is unsafe."""
+        value = str(self.setting("frontfleet_namespace"))
+        try:
+            return validate_namespace(value)
+        except ProtocolError as err:
+            raise ConfigError(f"{self.source}: frontfleet_namespace: {err}") from err
 
     def host(self, name: str) -> Host:
         for candidate in (*self.web, self.redis):

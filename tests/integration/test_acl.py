@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from sync_agent.protocol import PUBLISHER_USER, Keys, agent_acl_rules, agent_user, publisher_acl_rules
+from sync_agent.errors import ProtocolError
+from sync_agent.protocol import PUBLISHER_USER, Keys, acl_user, agent_acl_rules, agent_user, publisher_acl_rules
 from tests.servers import new_store
 
 pytestmark = pytest.mark.integration
@@ -84,3 +85,35 @@ def test_publisher_runs_the_scripts_within_the_namespace_only(users):
 def test_default_user_rules_do_not_leak_between_hosts(users):
     web2 = users("agent-web2", "agentpw")
     assert refused(lambda: web2.hset(KEYS.status("web1"), "release", "forged"))
+
+
+def test_two_fleets_on_one_redis_cannot_reach_each_others_keys(fresh_redis):
+    """`shop` and `shop-eu` share a prefix but no `:`: neither's agent nor publisher reaches the other's keys,
+    whose names `shop:eu` would have made `shop:*` cover."""
+    with pytest.raises(ProtocolError, match="namespace 'shop:eu' contains ':'"):
+        Keys("shop:eu")
+    admin = fresh_redis.client()
+    fleets = {name: Keys(name) for name in ("shop", "shop-eu")}
+    for name, keys in fleets.items():
+        for host in (None, "web1"):
+            user, rules = acl_user(keys, host)
+            admin.execute_command("ACL", "SETUSER", f"{name}-{user}", "on", f">{name}pw", *rules)
+        new_store(admin, name).data_set("flag", f'"{name}"')
+
+    def connect(name: str, user: str) -> redis.Redis:
+        return redis.Redis(host=fresh_redis.host, port=fresh_redis.port, username=f"{name}-{user}",
+                           password=f"{name}pw", decode_responses=True)
+
+    for name, other in (("shop", "shop-eu"), ("shop-eu", "shop")):
+        mine, theirs = fleets[name], fleets[other]
+        agent = connect(name, agent_user("web1"))
+        assert agent.hget(mine.data, "flag") == f'"{name}"'
+        assert agent.hset(mine.status("web1"), "release", "A") == 1
+        assert refused(lambda: agent.hget(theirs.data, "flag"))  # noqa: B023 - called right here
+        assert refused(lambda: agent.hset(theirs.status("web1"), "release", "forged"))  # noqa: B023
+        assert refused(lambda: agent.publish(theirs.probe("web1"), "x"))  # noqa: B023
+        publisher = connect(name, PUBLISHER_USER)
+        assert refused(lambda: publisher.hset(theirs.data, "flag", "1"))  # noqa: B023
+        assert refused(lambda: publisher.publish(theirs.events, "{}"))  # noqa: B023
+    assert admin.hget(fleets["shop"].data, "flag") == '"shop"' and admin.hget(fleets["shop-eu"].data, "flag") == \
+        '"shop-eu"'

@@ -108,3 +108,11 @@ def test_acl_prints_a_loadable_users_acl_line():
     assert "(+publish &ff:probe:web1)" in result.stdout
     bad = run("acl", "--host", "../x", env={"PATH": "/usr/bin:/bin"})
     assert bad.returncode == EXIT_USAGE
+
+
+def test_a_namespace_with_a_colon_is_refused_from_the_option_and_the_environment(publisher_env):
+    by_option = run("--namespace", "shop:eu", "data", "list", env=publisher_env)
+    by_env = run("data", "list", env={**publisher_env, "FRONTFLEET_NAMESPACE": "shop:eu"})
+    for result in (by_option, by_env):
+        assert result.returncode == EXIT_USAGE
+        assert "namespace 'shop:eu' contains ':'" in result.stderr and "Traceback" not in result.stderr

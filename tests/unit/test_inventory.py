@@ -104,3 +104,10 @@ def test_the_inventory_comes_from_the_environment_then_ansible_cfg(tmp_path, mon
     assert default_inventory(tmp_path) == str(tmp_path / "inventory" / "demo")
     monkeypatch.setenv("ANSIBLE_INVENTORY", "/srv/inv/prod")
     assert default_inventory(tmp_path) == "/srv/inv/prod"
+
+
+def test_a_namespace_with_a_colon_is_refused_naming_it_before_any_host_is_reached(inventory):
+    (inventory / "group_vars" / "web" / "vars.yml").write_text("frontfleet_namespace: 'shop:eu'\n")
+    fleet = load_fleet(str(inventory))
+    with pytest.raises(ConfigError, match=r"frontfleet_namespace: namespace 'shop:eu' contains ':'.*'shop-eu'"):
+        fleet.namespace  # noqa: B018 - the property is the check
