@@ -26,7 +26,8 @@ def test_no_generated_secret_in_ansible_output_sudo_logs_or_journals(deployed: D
     output = result.stdout + result.stderr
     assert "EXEC" in output and "sudo" in output, "-vvv shows every remote command: this run shows none"
     secrets = {path.name: path.read_text().strip() for path in sorted((deployed.inventory / "credentials").iterdir())}
-    assert sorted(secrets) == sorted(["redis-publisher", *(f"redis-agent-{h}" for h in deployed.web_hosts)])
+    # every password this fleet uses is searched for (an earlier test may have added a host: its password too)
+    assert {"redis-publisher", *(f"redis-agent-{h}" for h in deployed.web_hosts)} <= set(secrets), sorted(secrets)
     leaks = [f"{name} in ansible-playbook -vvv's output" for name, secret in secrets.items() if secret in output]
     for host in sorted(deployed.fleet.hosts):
         logs = deployed.ssh(host, HOST_LOGS, check=False)
