@@ -11,10 +11,8 @@ Hold lost, and the operation stops at its next step (Hold.check).
 
 from __future__ import annotations
 
-import getpass
 import logging
 import os
-import socket
 import threading
 import time
 import uuid
@@ -27,6 +25,7 @@ import redis
 
 from ..errors import LockHeld, LockLost, StoreUnavailable
 from ..protocol import CHANGES_LENGTH, Keys
+from .store import who
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,12 @@ DEFAULT_TTL = 30.0
 
 def default_holder(operation: str) -> str:
     """Who holds the lock, in words an operator can act on."""
-    return f"{operation} by {getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
+    return f"{operation} by {who()} pid {os.getpid()}"
+
+
+def _why_lost(refused: list[object]) -> str:
+    """Why a renewal was refused, from lock.lua's {0, holder, pttl}."""
+    return f"it is now held by {refused[1]}" if refused[1] else "it expired or was broken and is free"
 
 
 @dataclass
@@ -74,10 +78,9 @@ class DeployLock:
         self._script = client.register_script(resources.files(__package__).joinpath("lua/lock.lua").read_text())
 
     def _call(self, op: str, token: str, holder: str = "") -> list[object]:
-        who = f"{getpass.getuser()}@{socket.gethostname()}"
         try:
             result = self._script(keys=[self.key, self.changes],
-                                  args=[op, token, holder, int(self.ttl * 1000), who, CHANGES_LENGTH])
+                                  args=[op, token, holder, int(self.ttl * 1000), who(), CHANGES_LENGTH])
         except redis.RedisError as err:
             raise StoreUnavailable(f"cannot reach Redis for the deploy lock: {err}") from err
         return list(result)
@@ -94,16 +97,13 @@ class DeployLock:
                 raise LockHeld(str(result[1]), int(str(result[2])) / 1000)
             time.sleep(0.2)
 
-    def renew(self, token: str) -> bool:
-        return self._call("renew", token)[0] == 1
-
     def confirm(self, hold: Hold) -> None:
         """Check in Redis that hold is still the lock's (and renew it); LockLost if not. For a step that acts
         outside Redis, where no script can check the token: prune, before each host."""
         hold.check()
         result = self._call("renew", hold.token)
         if result[0] != 1:
-            hold.lose(f"it is now held by {result[1]}" if result[1] else "it expired or was broken and is free")
+            hold.lose(_why_lost(result))
             hold.check()
 
     def release(self, token: str) -> bool:
@@ -178,7 +178,7 @@ class DeployLock:
                 log.warning("could not renew the deploy lock: %s", err)
                 continue
             if result[0] != 1:
-                hold.lose(f"it is now held by {result[1]}" if result[1] else "it expired or was broken and is free")
+                hold.lose(_why_lost(result))
                 log.error("lost the deploy lock: %s", hold.why)
                 return
             renewed = time.monotonic()
