@@ -196,7 +196,8 @@ class Store:
             if message.startswith("LOCKLOST"):
                 raise LockLost(message.removeprefix("LOCKLOST ")) from err
             if message.startswith("LOCKHELD"):
-                raise LockHeld(message.removeprefix("LOCKHELD the deploy lock is held by "), -1) from err
+                pttl, _, holder = message.removeprefix("LOCKHELD ").partition(" ")
+                raise LockHeld(holder, max(int(pttl), 0) / 1000) from err
             if message.startswith("UNFINISHED"):
                 raise RolloutUnfinished(unfinished_message(RolloutRecord.from_json(
                     message.removeprefix("UNFINISHED ")))) from err

@@ -36,7 +36,7 @@ local function fence()
   if token == ARGV[4] or (not token and ARGV[4] == '') then return nil end
   local holder = redis.call('HGET', KEYS[5], 'holder')
   if ARGV[4] == '' then
-    return redis.error_reply('LOCKHELD the deploy lock is held by ' .. (holder or 'another operation'))
+    return redis.error_reply('LOCKHELD ' .. redis.call('PTTL', KEYS[5]) .. ' ' .. (holder or 'another operation'))
   end
   return redis.error_reply('LOCKLOST ' .. (holder and ('the deploy lock is now held by ' .. holder)
     or 'the deploy lock expired or was broken and is free'))
