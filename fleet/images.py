@@ -97,19 +97,18 @@ def ensure_base(kind: str) -> Path:
         if path.is_dir():  # another process built it while we waited for the lock
             return path
         _remove_interrupted_builds()
+        return ensure_base_locked(kind)
+
+
+def ensure_base_locked(kind: str) -> Path:
+    """ensure_base for a caller that already holds the build lock: a provisioned base is built on the bare one."""
+    path = base_path(kind)
+    if not path.is_dir():
         if kind == "provisioned":
             bare = ensure_base_locked("bare")
             _build(path, lambda tmp: _provision(bare, tmp))
         else:
             _build(path, _debootstrap)
-    return path
-
-
-def ensure_base_locked(kind: str) -> Path:
-    """ensure_base for a caller that already holds the build lock."""
-    path = base_path(kind)
-    if not path.is_dir():
-        _build(path, _debootstrap)
     return path
 
 
