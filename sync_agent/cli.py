@@ -112,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", action="store_true", help="also the shared data this host serves (data.json)")
     _json_option(p)
 
+    p = add("layout", "host:layout", "lay out a release root (root owns it, the agent live/ and shared/), moving "
+            "an earlier layout in place; prints what it changed")
+    p.add_argument("--root", required=True, help="release root")
+    p.add_argument("--user", required=True, help="the agent's user")
+    p.add_argument("--dry-run", action="store_true", help="only say what would change (Ansible's check mode)")
+    _json_option(p)
+
     p = add("manifest", "cli:manifest", "print the manifest (path, size, sha256 per file) of a build directory")
     p.add_argument("dir")
     p.add_argument("--compact", action="store_true", help="one line")

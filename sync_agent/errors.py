@@ -61,6 +61,10 @@ class ReleaseNotStaged(FrontfleetError):
     """A release that is not staged and verified cannot be switched to."""
 
 
+class UnsafePath(FrontfleetError):
+    """A path that a step run as root would follow is a symlink, or a folder another user can change: refused."""
+
+
 class NotEnoughSpace(FrontfleetError):
     """The releases filesystem has less room than the content a host lacks needs; nothing was sent."""
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
+
+from .errors import UnsafePath
 
 log = logging.getLogger(__name__)
 
@@ -105,3 +109,84 @@ def syncfs(path: StrPath) -> None:
             raise OSError(errno, f"syncfs({os.fspath(path)}) failed: {os.strerror(errno)}")
     finally:
         os.close(fd)
+
+
+# --- paths a root-run step may trust ------------------------------------------------------------------------
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_dir_nofollow(path: StrPath, trusted: bool = False) -> int:
+    """An fd of the folder path, reached from / one component at a time with openat(O_NOFOLLOW): a symlink
+    anywhere on the way is refused, not followed. With trusted, every folder on the way must also be one that
+    only root or this process' user can change (else another user could swap what comes after it)."""
+    absolute = os.path.abspath(os.fspath(path))
+    fd = os.open("/", _DIR_FLAGS)
+    walked = "/"
+    try:
+        if trusted:
+            _check_trusted(fd, walked)
+        for name in [part for part in absolute.split("/") if part]:
+            walked = os.path.join(walked, name)
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as err:
+                if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafePath(f"{walked} is {_what_is(fd, name)}, not a folder: not followed") from err
+                raise
+            os.close(fd)
+            fd = child
+            if trusted:
+                _check_trusted(fd, walked)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _what_is(dir_fd: int, name: str) -> str:
+    try:
+        return f"a symlink to {os.readlink(name, dir_fd=dir_fd)!r}"
+    except OSError:
+        return "not a folder"
+
+
+def _check_trusted(fd: int, path: str) -> None:
+    """Owned by root or by us, and writable by nobody else unless sticky (like /tmp: others cannot rename what
+    is ours there)."""
+    info = os.fstat(fd)
+    if info.st_uid not in (0, os.geteuid()):
+        raise UnsafePath(f"{path} is owned by uid {info.st_uid}, so that user could replace what is inside it; "
+                         "a step run as root works only in folders root owns (deploy the sync_agent role again "
+                         "to lay out the release root)")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+        raise UnsafePath(f"{path} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}); "
+                         "a step run as root works only in folders no other user can change")
+
+
+def check_trusted_dir(path: StrPath) -> None:
+    """Refuse (UnsafePath) a folder that a symlink or another user's folder leads to, or that another user owns."""
+    os.close(open_dir_nofollow(path, trusted=True))
+
+
+def read_nofollow(path: StrPath, limit: int) -> bytes:
+    """The bytes of a regular file that another user may control (the agent's shared/ files), read without
+    following a symlink anywhere on its path, without blocking on a FIFO, and at most limit bytes."""
+    target = Path(path)
+    dir_fd = open_dir_nofollow(target.parent)
+    try:
+        try:
+            fd = os.open(target.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise UnsafePath(f"{target} is {_what_is(dir_fd, target.name)}: not followed") from err
+            raise
+    finally:
+        os.close(dir_fd)
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafePath(f"{target} is not a regular file: not read")
+        if info.st_size > limit:
+            raise UnsafePath(f"{target} has {info.st_size} bytes, more than the {limit} it may have: not read")
+        return handle.read(limit + 1)[:limit]

@@ -1,16 +1,18 @@
 """Where a release lives on a host's disk, for both sides: the paths, the verified records, what is staged, and
 which release `current` and `previous` name. Nothing here writes a release; host/staging.py and host/releases.py do.
 
-Layout under a release root R (`frontfleet_release_root`)::
+Layout under a release root R (`frontfleet_release_root`); root owns R, releases/ and pool/, the agent's user
+owns only live/ and shared/, so nothing run as root ever works in a folder the agent could swap (docs/releases.md)::
 
-    R/releases/<id>/               an immutable release directory, never changed once renamed into place
-    R/releases/<id>.manifest.json  its verified record (the manifest plus "verified": true), outside the served tree
-    R/releases/<id>.partial/       a release being staged; never a target, removed on failure and by prune
-    R/current  -> releases/<id>    the release nginx serves (a relative symlink, replaced with rename(2))
-    R/previous -> releases/<id>    the release current pointed to before the last switch
-    R/pool/<path>                  hard links to the immutable files (assets/, _next/static/, static/) of every
-                                   staged release, so the hashed assets of each kept release stay servable
-    R/shared/                      the agent's (data.json, rendered templates); nothing here touches it
+    R/releases/<id>/                    an immutable release directory, never changed once renamed into place
+    R/releases/<id>.manifest.json       its verified record (the manifest plus "verified": true), not served
+    R/releases/<id>.partial/            a release being staged; never a target, removed on failure and by prune
+    R/live/current  -> ../releases/<id> the release nginx serves (a relative symlink, replaced with rename(2))
+    R/live/previous -> ../releases/<id> the release current pointed to before the last switch
+    R/current -> live/current           root's fixed link, for what still reads R/current (an older nginx config)
+    R/pool/<path>                       hard links to the immutable files (assets/, _next/static/, static/) of
+                                        every staged release, so the hashed assets of each kept release stay servable
+    R/shared/                           the agent's (data.json, rendered templates); nothing here touches it
 
 A release is *staged* when both its directory and its record exist: that is all
 `switch` checks, so switching costs two stats and a rename, never a re-hash.
@@ -24,8 +26,8 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-from .errors import ManifestError, ProtocolError
-from .fsutil import StrPath, atomic_write
+from .errors import ManifestError, ProtocolError, UnsafePath
+from .fsutil import StrPath, atomic_write, check_trusted_dir
 from .manifest import Entry, Manifest
 from .protocol import validate_release_id
 
@@ -35,6 +37,10 @@ RECORD_SUFFIX = ".manifest.json"
 PARTIAL_SUFFIX = ".partial"
 CURRENT = "current"
 PREVIOUS = "previous"
+LIVE = "live"
+RELEASES = "releases"
+POOL = "pool"
+SHARED = "shared"
 
 
 class StagedRelease(NamedTuple):
@@ -46,7 +52,17 @@ class StagedRelease(NamedTuple):
 
 
 def releases_dir(root: StrPath) -> Path:
-    return Path(root) / "releases"
+    return Path(root) / RELEASES
+
+
+def live_dir(root: StrPath) -> Path:
+    """The agent's folder of links: `current` and `previous`."""
+    return Path(root) / LIVE
+
+
+def link_target(release_id: str) -> str:
+    """What live/current and live/previous hold for a release: relative, so the tree can move."""
+    return f"../{RELEASES}/{validate_release_id(release_id)}"
 
 
 def release_dir(root: StrPath, release_id: str) -> Path:
@@ -63,7 +79,19 @@ def partial_dir(root: StrPath, release_id: str) -> Path:
 
 
 def pool_dir(root: StrPath) -> Path:
-    return Path(root) / "pool"
+    return Path(root) / POOL
+
+
+def check_root_owned(root: StrPath) -> None:
+    """Before a step run as root writes or removes releases: R, releases/ and pool/ (where they exist) are
+    reached without a symlink and can be changed by nobody but root (UnsafePath names the one that can)."""
+    base = Path(root)
+    while not os.path.lexists(base) and base != base.parent:  # a first staging creates R under its parent
+        base = base.parent
+    check_trusted_dir(base)
+    for path in (releases_dir(root), pool_dir(root)):
+        if os.path.lexists(path):
+            check_trusted_dir(path)
 
 
 def write_record(root: StrPath, manifest: Manifest) -> Path:
@@ -140,27 +168,34 @@ def staged_releases(root: StrPath) -> list[StagedRelease]:
     return sorted(found, key=lambda item: (-item.recorded_at, item.release_id))
 
 
-def current_release(root: StrPath) -> str | None:
-    return _link_target(Path(root) / CURRENT)
+def current_release(root: StrPath, strict: bool = False) -> str | None:
+    return _link_release(live_dir(root) / CURRENT, strict)
 
 
-def previous_release(root: StrPath) -> str | None:
-    return _link_target(Path(root) / PREVIOUS)
+def previous_release(root: StrPath, strict: bool = False) -> str | None:
+    return _link_release(live_dir(root) / PREVIOUS, strict)
 
 
-def _link_target(link: Path) -> str | None:
-    """The release id a `current`/`previous` link names, or None if it is missing or points elsewhere."""
+def _link_release(link: Path, strict: bool) -> str | None:
+    """The release id a `current`/`previous` link names, or None if it is missing. One that is no such link
+    (the agent's user can put anything there) is None too, or, with strict, UnsafePath naming it."""
     try:
-        target = os.readlink(link)
-    except (FileNotFoundError, OSError):
+        target = os.readlink(link)  # never follows the link itself, and live/ sits in root's R
+    except FileNotFoundError:
         return None
-    parent, _, name = target.rpartition("/")
-    try:
-        if parent == "releases":
-            return validate_release_id(name)
-    except ProtocolError:
-        pass
-    log.warning("%s points to %r, not to releases/<id>; treating it as unset", link, target)
+    except OSError as err:
+        target = f"<not a symlink: {err.strerror}>"
+    else:
+        parent, _, name = target.rpartition("/")
+        try:
+            if parent == f"../{RELEASES}":
+                return validate_release_id(name)
+        except ProtocolError:
+            pass
+    if strict:
+        raise UnsafePath(f"{link} is {target!r}, not a link to ../{RELEASES}/<id>: which release it protects "
+                         "cannot be known, so nothing was removed (the agent rewrites it at its next switch)")
+    log.warning("%s points to %r, not to ../%s/<id>; treating it as unset", link, target, RELEASES)
     return None
 
 

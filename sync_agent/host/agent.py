@@ -36,7 +36,7 @@ from ..errors import (
     ProtocolError,
     SnapshotRefused,
 )
-from ..layout import current_release, previous_release
+from ..layout import CURRENT, current_release, live_dir, previous_release
 from ..protocol import HostStatus, Message, parse_message
 from ..snapshot import Snapshot
 from .bus import CONNECTION_ERRORS, Backoff, Bus, describe
@@ -614,8 +614,8 @@ class Agent:
         self._restore_applied()
         self.current = current_release(self.root)
         self.previous = previous_release(self.root)
-        with contextlib.suppress(OSError):
-            self.switched_at_ns = os.lstat(self.root / "current").st_mtime_ns  # the last switch, before a restart
+        with contextlib.suppress(OSError):  # the last switch, before a restart
+            self.switched_at_ns = os.lstat(live_dir(self.root) / CURRENT).st_mtime_ns
         self.notifier.ready(self.systemd_status())
         gc.collect()
         gc.freeze()  # what start-up built (modules, Jinja, redis-py) lives on: no full collection walks it again

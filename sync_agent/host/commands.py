@@ -10,14 +10,23 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import read_manifest
-from ..errors import ProtocolError, UsageError
-from ..layout import current_release, is_staged, previous_release, read_record, release_dir, staged_releases
-from ..protocol import load_json
+from ..errors import ProtocolError, UnsafePath, UsageError
+from ..layout import (
+    SHARED,
+    check_root_owned,
+    current_release,
+    is_staged,
+    previous_release,
+    read_record,
+    release_dir,
+    staged_releases,
+)
 from ..report import Report
 from ..stream import write_stream
 from .agent import main as run_agent
 from .httpcheck import check_url
 from .releases import prune, record_verified, verify
+from .rootdir import lay_out
 from .shared_data import APPLIED_FILE, DATA_FILE, SharedFiles
 from .staging import lacking, receive_stream
 
@@ -25,6 +34,14 @@ from .staging import lacking, receive_stream
 def run(args: argparse.Namespace) -> Report:
     """The daemon, until systemd stops it; its exit code is the command's."""
     return Report(None, "", run_agent(args.config))
+
+
+def layout(args: argparse.Namespace) -> Report:
+    plan = lay_out(args.root, args.user, dry_run=args.dry_run)
+    verb = "would change" if plan.dry_run else "changed"
+    text = "\n".join(plan.changes) if plan.changes else f"{plan.root} is laid out; nothing to change"
+    return Report({"root": str(plan.root), "changes": plan.changes, "dry_run": plan.dry_run},
+                  text if not plan.changes else f"{verb}:\n{text}")
 
 
 def verify_dir(args: argparse.Namespace) -> Report:
@@ -47,6 +64,7 @@ def have(args: argparse.Namespace) -> Report:
 
 
 def export(args: argparse.Namespace) -> Report:
+    check_root_owned(args.root)  # run as root: it reads whole releases and sends them to another host
     manifest = read_record(Path(args.root), args.id)
     wanted: Any = json.loads(sys.stdin.read() or "[]")
     if not isinstance(wanted, list) or not all(isinstance(sha, str) for sha in wanted):
@@ -88,22 +106,20 @@ def status(args: argparse.Namespace) -> Report:
     `fab recover` rebuilds a store from)."""
     root = Path(args.root)
     staged = [release for release, _ in staged_releases(root)]
-    shared = SharedFiles(root / "shared", None, "")
+    shared = SharedFiles(root / SHARED, None, "")  # the agent's folder: read without following its symlinks
     try:
         point, left = shared.read_applied()
         applied: Any = {**point.to_json(), "left": left} if point is not None else None
         point_text = str(point) if point is not None else "-"
-    except (OSError, ValueError, ProtocolError) as err:
-        applied = {"error": f"cannot read {root / 'shared' / APPLIED_FILE}: {err}"}
+    except (OSError, ValueError, ProtocolError, UnsafePath) as err:
+        applied = {"error": f"cannot read {root / SHARED / APPLIED_FILE}: {err}"}
         point_text = applied["error"]
     data = {"current": current_release(root), "previous": previous_release(root), "staged": staged,
             "applied": applied}
     if args.data:
         try:
-            data["data"] = load_json((root / "shared" / DATA_FILE).read_bytes())
-        except FileNotFoundError:
-            data["data"] = None
-        except (OSError, ProtocolError) as err:
-            data["data"] = {"error": f"cannot read {root / 'shared' / DATA_FILE}: {err}"}
+            data["data"] = shared.read_data()
+        except (OSError, ProtocolError, UnsafePath) as err:
+            data["data"] = {"error": f"cannot read {root / SHARED / DATA_FILE}: {err}"}
     return Report(data, f"current:  {data['current'] or '-'}\nprevious: {data['previous'] or '-'}\n"
                         f"staged:   {', '.join(staged) or '-'}\napplied:  {point_text}")

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError, ProtocolError
+from ..layout import SHARED
 from ..protocol import agent_user, validate_host, validate_namespace
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -74,7 +75,7 @@ class AgentConfig:
 
     @property
     def shared_dir(self) -> Path:
-        return self.release_root / "shared"
+        return self.release_root / SHARED
 
     @property
     def log_level_number(self) -> int:

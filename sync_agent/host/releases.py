@@ -18,8 +18,11 @@ from ..layout import (
     CURRENT,
     PARTIAL_SUFFIX,
     PREVIOUS,
+    check_root_owned,
     current_release,
     is_staged,
+    link_target,
+    live_dir,
     pool_dir,
     previous_release,
     record_path,
@@ -78,6 +81,7 @@ def verify(build_dir: StrPath, manifest: Manifest) -> None:
 
 def record_verified(root: StrPath, manifest: Manifest) -> Path:
     """Record that releases/<id> was verified against manifest, which makes it staged. Returns the record's path."""
+    check_root_owned(root)
     path = write_record(root, manifest)
     log.info("recorded release %s as verified", manifest.release_id)
     return path
@@ -97,14 +101,16 @@ class PreparedSwitch:
                 f"release {release_id!r} is not staged and verified under {root}; stage it first (fab rollout)"
             )
         self.base = Path(root)
+        self.live = live_dir(root)
         self.release_id = release_id
         self.before = current_release(self.base)
         self._links: list[tuple[Path, Path]] = []  # (temp, link), current first
         if self.before != release_id:
-            self._links.append((temp_symlink(self.base / CURRENT, f"releases/{release_id}"), self.base / CURRENT))
+            self.live.mkdir(exist_ok=True)  # the role made it (R is root's); an agent run by hand makes its own
+            self._links.append((temp_symlink(self.live / CURRENT, link_target(release_id)), self.live / CURRENT))
             if self.before is not None:
-                self._links.append((temp_symlink(self.base / PREVIOUS, f"releases/{self.before}"),
-                                    self.base / PREVIOUS))
+                self._links.append((temp_symlink(self.live / PREVIOUS, link_target(self.before)),
+                                    self.live / PREVIOUS))
 
     def commit(self) -> SwitchResult:
         """Rename the new `current` into place, note the time, then `previous` (it follows, off the clock)."""
@@ -118,7 +124,7 @@ class PreparedSwitch:
         # The link's own mtime becomes the switch time, so an agent that restarts reports the same switched_at_ns
         # (it reads it back with lstat) instead of the earlier moment the link was made.
         with suppress(OSError):
-            os.utime(self.base / CURRENT, ns=(switched_at_ns, switched_at_ns), follow_symlinks=False)
+            os.utime(self.live / CURRENT, ns=(switched_at_ns, switched_at_ns), follow_symlinks=False)
         log.info("switched current from %s to %s", self.before, self.release_id)
         return SwitchResult(self.release_id, previous_release(self.base), switched=True,
                             switched_at_ns=switched_at_ns)
@@ -147,12 +153,17 @@ PARTIAL_GRACE = 60.0  # seconds: a .partial touched more recently may be a stagi
 def prune(root: StrPath, keep: int, protect: set[str] | frozenset[str] = frozenset(),
           partial_grace: float = PARTIAL_GRACE) -> PruneResult:
     """Keep the `keep` newest releases plus current, previous and protect; remove the rest, the `.partial` folders
-    no staging touched for partial_grace seconds, then unused pool files."""
+    no staging touched for partial_grace seconds, then unused pool files.
+
+    Runs as root: it removes nothing unless releases/ and pool/ are root's alone, and nothing when current or
+    previous (the agent's links) is not a plain link to a release (UnsafePath names it)."""
     if keep < 0:
         raise UsageError(f"keep must be 0 or more, got {keep}")
+    check_root_owned(root)
     staged = [item.release_id for item in staged_releases(root)]
     pinned = {validate_release_id(name) for name in protect}
-    pinned.update(name for name in (current_release(root), previous_release(root)) if name is not None)
+    pinned.update(name for name in (current_release(root, strict=True), previous_release(root, strict=True))
+                  if name is not None)
     kept = [name for index, name in enumerate(staged) if index < keep or name in pinned]
     removed = [name for name in release_names(root) if name not in kept and name not in pinned]
     for name in removed:

@@ -22,8 +22,8 @@ from typing import Any
 from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
-from ..fsutil import atomic_write, write_temp
-from ..protocol import MAX_ID_LENGTH, load_json
+from ..fsutil import atomic_write, read_nofollow, write_temp
+from ..protocol import MAX_DATA_BYTES, MAX_ID_LENGTH, load_json
 from ..snapshot import Point
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,10 @@ def replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 DATA_FILE = "data.json"
 APPLIED_FILE = "applied.json"  # the applied point (epoch, revision, change id) and the epochs left; not secret
+# What a reader takes of each file at most: data.json is the data caps' keys and values plus JSON's quotes and
+# commas (escapes can double a value's bytes); applied.json is a point and at most 16 epochs.
+DATA_LIMIT = 2 * MAX_DATA_BYTES + 1024 * 1024
+APPLIED_LIMIT = 64 * 1024
 TEMPLATE_SUFFIX = ".j2"
 
 
@@ -105,11 +109,20 @@ class SharedFiles:
         body = json.dumps({**point.to_json(), "left": left}, separators=(",", ":")).encode()
         replace_file(self.shared_dir / APPLIED_FILE, body)
 
+    def read_data(self) -> Any:
+        """data.json as written, None when there is none. Read without following a symlink: root reads it too
+        (`sync-agent status --data`, for `fab recover`), and the agent's user could plant one there."""
+        try:
+            raw = read_nofollow(self.shared_dir / DATA_FILE, DATA_LIMIT)
+        except FileNotFoundError:
+            return None
+        return load_json(raw)
+
     def read_applied(self) -> tuple[Point | None, list[str]]:
         """What write_applied kept: (None, []) when there is nothing (a new host, or one from before the chain);
         ValueError when the file cannot be read as one."""
         try:
-            raw = (self.shared_dir / APPLIED_FILE).read_bytes()
+            raw = read_nofollow(self.shared_dir / APPLIED_FILE, APPLIED_LIMIT)
         except FileNotFoundError:
             return None, []
         body = load_json(raw)

@@ -33,7 +33,16 @@ from typing import Any, BinaryIO
 
 from ..errors import ManifestError, NotEnoughSpace, TransferInterrupted
 from ..fsutil import StrPath, syncfs
-from ..layout import partial_dir, pool_dir, record_path, recorded_releases, release_dir, releases_dir, write_record
+from ..layout import (
+    check_root_owned,
+    partial_dir,
+    pool_dir,
+    record_path,
+    recorded_releases,
+    release_dir,
+    releases_dir,
+    write_record,
+)
 from ..manifest import CHUNK_SIZE, Entry, Manifest, check_path
 from ..protocol import validate_release_id
 from ..stream import MAX_MANIFEST_BYTES, OFFER_MAGIC, STREAM_END, STREAM_MAGIC
@@ -150,6 +159,7 @@ def receive_stream(root: StrPath, release_id: str, stream: BinaryIO, immutable_p
     straight after its manifest.
     """
     validate_release_id(release_id)
+    check_root_owned(root)  # run as root: never in a releases/ or pool/ the agent's user could swap for a symlink
     negotiated = _read_magic(stream)
     staged = release_dir(root, release_id).is_dir() and record_path(root, release_id).is_file()
     if negotiated:

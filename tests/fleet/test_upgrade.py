@@ -47,6 +47,7 @@ UPGRADE_FROM = "ac5aed8269a4615bb3e12c6ee5c6d1bd79ef92a5"
 SUBNET = os.environ.get("FRONTFLEET_TEST_UPGRADE_SUBNET", "127.0.31")
 AGENT_VENV = "/opt/sync-agent"
 AGENT_WHEELS = "/opt/sync-agent-wheels"
+ROOT = "/srv/fleettest"  # the release root of frontfleet_app fleettest (tests/fleet/deployment.py)
 #: Bounds of the background load: longer than the steps it covers take (about a minute), far below the timeouts.
 LOAD_SECONDS = 300
 LOAD_REQUESTS = 60_000
@@ -203,6 +204,8 @@ def test_the_installed_package_upgrades_old_agents_in_place_without_a_failed_req
         dists = {host: distributions(new, host) for host in hosts}
         upgraded_pids = {host: agent_pid(new, host) for host in hosts}
         statuses = {host: new.status_of(host) for host in hosts}
+        layouts = {host: new.ssh(host, f"cd {ROOT} && stat -c '%n %U' . releases pool live shared && "
+                                       "readlink live/current current") for host in hosts}
         load.phase = "fab data-set"
         fab_json(new, "data-set", "after", json.dumps(value))
         for host in hosts:
@@ -224,6 +227,10 @@ def test_the_installed_package_upgrades_old_agents_in_place_without_a_failed_req
     for host in hosts:
         assert served[host] == [], f"{host} no longer serves the release it had: {served[host][:5]}"
         assert statuses[host]["release"] == release, f"{host} reports {statuses[host]['release']}, not {release}"
+        # the earlier layout (the agent owned the root, current sat in it) moved in place: root's tree, agent's links
+        assert layouts[host].split("\n") == [
+            ". root", "releases root", "pool root", "live sync-agent", "shared sync-agent",
+            f"../releases/{release}", "live/current"], f"{host}'s release root after the upgrade: {layouts[host]}"
         # one agent wheel on the host, byte-identical to the one this checkout writes (two controllers, one file)
         assert shipped[host].split() == [checkout_sha, f"{AGENT_WHEELS}/{checkout_wheel.name}"], shipped[host]
         assert installed[host] == new_agent, f"{host}'s agent virtualenv does not hold the installed agent"

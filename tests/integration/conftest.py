@@ -153,13 +153,13 @@ class Agent:
 
     def current(self) -> str | None:
         try:
-            return os.readlink(self.root / "current").rpartition("/")[2]
+            return os.readlink(self.root / "live" / "current").rpartition("/")[2]
         except FileNotFoundError:
             return None
 
     def previous(self) -> str | None:
         try:
-            return os.readlink(self.root / "previous").rpartition("/")[2]
+            return os.readlink(self.root / "live" / "previous").rpartition("/")[2]
         except FileNotFoundError:
             return None
 

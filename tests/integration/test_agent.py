@@ -30,7 +30,7 @@ def test_agent_applies_the_snapshot_on_start(fleet, builds):
     status = fleet.wait_revision(agent, change.revision)
     fleet.wait_data(agent, {"flag": True, "banner": {"text": "hi"}})
     assert agent.current() == release
-    assert (agent.root / "current" / "index.html").read_text() == "<html><body>one</body></html>\n"
+    assert (agent.root / "live" / "current" / "index.html").read_text() == "<html><body>one</body></html>\n"
     eventually(lambda: fleet.status("web1")["state"] == "ready")
     assert status["release"] == release
     assert status["error"] == ""
@@ -172,7 +172,7 @@ def test_deploy_switches_current_and_previous(fleet, builds):
     assert (agent.current(), agent.previous()) == (two, one)
     assert (status["release"], status["previous"]) == (two, one)
     assert int(status["switched_at_ns"]) > 0
-    assert (agent.root / "current" / "index.html").read_text() == "<html><body>two</body></html>\n"
+    assert (agent.root / "live" / "current" / "index.html").read_text() == "<html><body>two</body></html>\n"
     eventually(lambda: (agent.shared / "release.txt").read_text() == f"{two} second")
     change = fleet.store.rollback()
     fleet.wait_revision(agent, change.revision)
@@ -218,7 +218,7 @@ def test_readers_never_see_a_missing_or_partial_file(fleet, builds):
     def reader() -> None:
         while not stop.is_set():
             try:
-                page = (agent.root / "current" / "index.html").read_text()
+                page = (agent.root / "live" / "current" / "index.html").read_text()
                 data = json.loads((agent.shared / "data.json").read_text())
                 env = (agent.shared / "env.js").read_text()
             except (OSError, ValueError) as err:

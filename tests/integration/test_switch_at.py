@@ -71,7 +71,7 @@ def test_agents_switch_together_at_the_published_deadline_and_never_before(fleet
         while not stop.is_set():
             started = time.time_ns()
             for agent in agents:
-                if os.readlink(agent.root / "current").endswith(ids["two"]) and deadline_ns and \
+                if os.readlink(agent.root / "live" / "current").endswith(ids["two"]) and deadline_ns and \
                         started < deadline_ns[0] - CLOCK_SLACK_NS:
                     seen_early.append(f"{agent.host} served the new release {deadline_ns[0] - started} ns early")
             time.sleep(0.0005)

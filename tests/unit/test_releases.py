@@ -94,10 +94,10 @@ def test_switch_moves_current_and_keeps_previous(tmp_path: Path) -> None:
     two = switch(root, second)
     assert (two.switched, two.previous) == (True, first)
     assert two.switched_at_ns is not None and two.switched_at_ns > 0
-    assert os.lstat(root / "current").st_mtime_ns == two.switched_at_ns, "a restarted agent reads the switch time back"
+    assert os.lstat(root / "live" / "current").st_mtime_ns == two.switched_at_ns, "a restarted agent reads it back"
     assert (current_release(root), previous_release(root)) == (second, first)
-    assert os.readlink(root / "current") == f"releases/{second}"
-    assert (root / "current" / "index.html").read_bytes() == b"<html>v2</html>"
+    assert os.readlink(root / "live" / "current") == f"../releases/{second}"
+    assert (root / "live" / "current" / "index.html").read_bytes() == b"<html>v2</html>"
 
 
 def test_switching_to_the_current_release_is_a_no_op(tmp_path: Path) -> None:
@@ -116,18 +116,18 @@ def test_a_prepared_switch_changes_nothing_served_until_commit_and_abort_leaves_
     first = stage_version(root, tmp_path, "v1")
     second = stage_version(root, tmp_path, "v2")
     switch(root, first)
-    before = sorted(os.listdir(root))
+    before = sorted(os.listdir(root / "live"))
     abandoned = PreparedSwitch(root, second)
     assert (current_release(root), previous_release(root)) == (first, None)
     abandoned.abort()
-    assert sorted(os.listdir(root)) == before
+    assert sorted(os.listdir(root / "live")) == before
     prepared = PreparedSwitch(root, second)
     assert current_release(root) == first
     result = prepared.commit()
     prepared.abort()  # after a commit: nothing left to drop, nothing undone
     assert (result.switched, result.previous) == (True, first)
     assert (current_release(root), previous_release(root)) == (second, first)
-    assert sorted(os.listdir(root)) == sorted([*before, "previous"])
+    assert sorted(os.listdir(root / "live")) == sorted([*before, "previous"])
 
 
 def test_switching_to_an_unstaged_release_is_refused(tmp_path: Path) -> None:
@@ -147,7 +147,7 @@ def test_switching_to_a_partial_directory_is_refused(tmp_path: Path) -> None:
     for name in ("0123456789abcdef.partial", "0123456789abcdef"):
         with pytest.raises(ReleaseNotStaged):
             switch(root, name)
-    assert not (root / "current").exists()
+    assert not (root / "live" / "current").exists()
 
 
 def test_switching_to_a_directory_without_its_record_is_refused(tmp_path: Path) -> None:
@@ -177,7 +177,7 @@ def test_a_reader_never_sees_a_missing_or_partial_file_during_200_switches(tmp_p
     def reader() -> None:
         while not stop.is_set():
             try:
-                content = (root / "current" / "index.html").read_bytes()
+                content = (root / "live" / "current" / "index.html").read_bytes()
             except OSError as err:
                 bad.append(f"read failed: {err}")
                 continue
@@ -245,7 +245,7 @@ def test_prune_never_removes_the_current_release(tmp_path: Path) -> None:
     switch(root, first)
     result = prune(root, keep=0, protect=set())
     assert result.kept == [first] and result.removed == []
-    assert (root / "current" / "index.html").read_bytes() == b"<html>v1</html>"
+    assert (root / "live" / "current" / "index.html").read_bytes() == b"<html>v1</html>"
 
 
 def test_prune_keeps_pool_files_of_kept_releases_and_removes_the_rest(tmp_path: Path) -> None:
