@@ -13,12 +13,18 @@ file that Ansible neither copies nor restarts for.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +43,8 @@ LOCK_FILE = Path(__file__).with_name("host-wheels.lock.json")
 # The hosts' platforms the lock covers: Debian 12 and Ubuntu 24.04's Pythons and the next, on both machines.
 LOCK_PLATFORMS = tuple((python, machine) for python in ("3.11", "3.12", "3.13") for machine in ("x86_64", "aarch64"))
 AGENT_WHEEL_PREFIX = f"{DISTRIBUTION}-"
+SETS = "sets"  # dest/sets/<digest>/: each built wheel set, hard-linked, never changed: what the role copies from
+SET_MAX_AGE = 24 * 3600.0  # seconds a set nobody built again is kept (a deploy running that long still has it)
 
 
 @dataclass(frozen=True)
@@ -144,6 +152,20 @@ def build_wheels(dest: Path | None, python_version: str, machine: str) -> WheelS
                          "platform to LOCK_PLATFORMS and run `sync-agent wheels-lock`")
     dest = dest or default_dest(python_version, machine)
     dest.mkdir(parents=True, exist_ok=True)
+    with _exclusive(dest):
+        return _build_locked(dest, lock_body, python_version, machine)
+
+
+@contextmanager
+def _exclusive(dest: Path) -> Iterator[None]:
+    """One build per folder at a time: every controller of this user (two checkouts, two versions, a CI runner's
+    parallel jobs) shares the default folder."""
+    with open(dest / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _build_locked(dest: Path, lock_body: dict[str, Any], python_version: str, machine: str) -> WheelSet:
     before = {p.name: _sha256(p) for p in dest.glob("*.whl")}
     lock = dest / "requirements.json"
     wanted = {"python": python_version, "machine": machine, "lock": hashlib.sha256(
@@ -159,4 +181,25 @@ def build_wheels(dest: Path | None, python_version: str, machine: str) -> WheelS
         if stale != agent:
             stale.unlink()
     after = {p.name: _sha256(p) for p in dest.glob("*.whl")}
-    return WheelSet(dest, after, after != before)
+    return WheelSet(_snapshot(dest, after), after, after != before)
+
+
+def _snapshot(dest: Path, files: dict[str, str]) -> Path:
+    """The wheel set as built, hard-linked into a folder named by its content. The role copies from there, so a
+    build by another controller of this user, which replaces or removes wheels in dest, never changes what a
+    running deploy ships (every write in dest is a rename: a link here keeps the bytes it was made with)."""
+    digest = hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()[:16]
+    sets = dest / SETS
+    target = sets / digest
+    if not target.is_dir():
+        temp = sets / f".{digest}.{os.getpid()}"
+        shutil.rmtree(temp, ignore_errors=True)
+        temp.mkdir(parents=True)
+        for name in files:
+            os.link(dest / name, temp / name)
+        os.rename(temp, target)
+    os.utime(target)
+    for old in sets.iterdir():
+        if old != target and time.time() - old.stat().st_mtime > SET_MAX_AGE:
+            shutil.rmtree(old, ignore_errors=True)
+    return target

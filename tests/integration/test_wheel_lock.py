@@ -3,6 +3,7 @@ against the sha256 the lock records for it before it is shipped."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -56,3 +57,19 @@ def test_a_wheel_no_lock_names_is_not_shipped(x86_64: Path, tmp_path: Path) -> N
 def test_a_platform_the_lock_does_not_cover_is_refused_with_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"no wheels for hosts on Python 3\.10 / x86_64.*wheels-lock"):
         build_wheels(tmp_path / "old", "3.10.12", "x86_64")
+
+
+def test_a_build_by_another_controller_never_changes_the_set_a_deploy_ships(x86_64: Path, tmp_path: Path) -> None:
+    """Two controllers of one user share the cache folder: another version's build replaces the agent wheel there
+    while this deploy's role still copies. The role copies from the set this build returned, which keeps its bytes."""
+    dest = tmp_path / "shared-cache"
+    shutil.copytree(x86_64, dest)
+    ours = build_wheels(dest, "3.11.2", "x86_64")
+    agent = next(name for name in ours.files if name.startswith(AGENT_WHEEL_PREFIX))
+    for wheel in dest.glob(f"{AGENT_WHEEL_PREFIX}*.whl"):  # what another version's build leaves there
+        wheel.unlink()
+    (dest / f"{AGENT_WHEEL_PREFIX}0.0.1-py3-none-any.whl").write_bytes(b"another controller's agent")
+    assert sorted(p.name for p in ours.directory.iterdir()) == sorted(ours.files)
+    assert hashlib.sha256((ours.directory / agent).read_bytes()).hexdigest() == ours.files[agent]
+    again = build_wheels(dest, "3.11.2", "x86_64")
+    assert again.directory == ours.directory and again.files == ours.files, "the same build, the same set"
