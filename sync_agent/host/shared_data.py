@@ -53,8 +53,9 @@ def replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
     the agent's time per change, docs/performance.md). The exchange does not, and the old inode is freed
     before it is ever written back. The price is the one the design already pays: after a power loss the
     file can be empty until the agent rewrites it from the snapshot at start. Falls back to atomic_write
-    when the file does not exist yet or the filesystem cannot exchange."""
-    if _RENAMEAT2 is None or not path.exists():
+    when the file does not exist yet or the filesystem cannot exchange. Whatever stands at path is replaced, a
+    symlink included, never followed (one to a folder the agent may not read made every write fail)."""
+    if _RENAMEAT2 is None or not os.path.lexists(path):
         atomic_write(path, data, mode)
         return
     temp = write_temp(path, data, mode)

@@ -121,5 +121,9 @@ def test_what_the_agents_user_can_change_is_never_followed_by_root(deployed: Dep
                            f"rm -f {ROOT}/live/previous", check=False)
         deployed.ssh(host, "systemctl restart sync-agent", check=False)  # it rewrites data.json at start
         deployed.ssh(host, f"rm -rf {CANARY}", check=False)
-    wait_agent_ready(deployed, host)
+    try:
+        wait_agent_ready(deployed, host)
+    except AssertionError as err:
+        raise AssertionError(f"{err}; status {deployed.status_of(host)}; its journal:\n"
+                             + deployed.ssh(host, "journalctl -u sync-agent -n 40 --no-pager", check=False)) from err
     assert deployed.ssh(host, f"stat -c %F {shared_data}").strip() == "regular file"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import pwd
 import stat
@@ -18,6 +19,7 @@ from sync_agent.errors import UnsafePath
 from sync_agent.host import commands
 from sync_agent.host.releases import prune, switch
 from sync_agent.host.rootdir import lay_out
+from sync_agent.host.shared_data import SharedFiles
 from sync_agent.host.staging import receive_stream
 from sync_agent.layout import current_release, previous_release
 from sync_agent.manifest import build_manifest
@@ -155,3 +157,15 @@ def test_status_as_root_reads_no_file_the_agent_pointed_elsewhere(tmp_path: Path
     assert "secret" not in str(report.data)
     assert str(root / "shared" / "data.json") in report.data["data"]["error"]
     assert str(root / "shared" / "applied.json") in report.data["applied"]["error"]
+
+
+def test_the_agent_replaces_a_symlink_planted_at_its_data_file_instead_of_following_it(tmp_path: Path) -> None:
+    """data.json made a symlink that cannot be followed (on a host: into /root, which the agent's user may not
+    enter; here a name too long to resolve, which fails for root too). The next write replaces the link with the
+    data; before, every write failed and the host stayed degraded."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "data.json").symlink_to("/" + "x" * 300 + "/secret")
+    SharedFiles(shared, None, "web1").write_data({"banner": 1})
+    assert not (shared / "data.json").is_symlink()
+    assert json.loads((shared / "data.json").read_bytes()) == {"banner": 1}
