@@ -98,7 +98,12 @@ class SharedFiles:
         self.write_errors: dict[str, str] = {}  # template name → why its output could not be written last time
 
     def ensure_dir(self) -> None:
-        self.shared_dir.mkdir(parents=True, exist_ok=True)
+        """Create shared/ if it is missing, 0755 whatever the umask (the unit's is 0077): nginx reads it."""
+        try:
+            self.shared_dir.mkdir(mode=0o755, parents=True)
+        except FileExistsError:
+            return
+        os.chmod(self.shared_dir, 0o755)
 
     def write_data(self, data: dict[str, Any]) -> None:
         """Replace data.json with the whole data set, keys sorted so equal data gives equal bytes."""

@@ -4,6 +4,7 @@ and what no secret may show up in (docs/reliability.md, "Security: what each cre
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -19,6 +20,8 @@ pytestmark = pytest.mark.fleet
 # Where a host keeps what sudo and the services logged: the journal (sudo logs through syslog into it) and the
 # log files a host with rsyslog would have.
 HOST_LOGS = "journalctl --no-pager -o cat; cat /var/log/auth.log /var/log/sudo.log /var/log/syslog 2>/dev/null"
+# The summary line of `systemd-analyze security UNIT`: "→ Overall exposure level for sync-agent.service: 0.9 SAFE 😀"
+OVERALL_EXPOSURE = re.compile(r"Overall exposure level for sync-agent\.service: (\d+\.\d) ([A-Z]+)")
 
 
 @pytest.mark.timeout(900)
@@ -127,3 +130,21 @@ def test_what_the_agents_user_can_change_is_never_followed_by_root(deployed: Dep
         raise AssertionError(f"{err}; status {deployed.status_of(host)}; its journal:\n"
                              + deployed.ssh(host, "journalctl -u sync-agent -n 40 --no-pager", check=False)) from err
     assert deployed.ssh(host, f"stat -c %F {shared_data}").strip() == "regular file"
+
+
+def test_the_agents_unit_is_rated_safe_and_has_a_memory_limit_on_every_web_host(deployed: Deployment) -> None:
+    """`systemd-analyze security sync-agent.service` on each web host (the running unit, as systemd loaded it)
+    rates it 0.9 "SAFE" or better, `systemctl show` has a MemoryMax, and nginx still serves what the agent wrote
+    under the unit's UMask=0077 (docs/reliability.md, "The agent's unit")."""
+    for host in deployed.web_hosts:
+        report = deployed.ssh(host, "systemd-analyze security --no-pager sync-agent.service", check=False)
+        found = OVERALL_EXPOSURE.search(report)
+        assert found, f"{host}: no overall exposure in systemd-analyze's output:\n{report}"
+        exposed = "\n".join(line for line in report.splitlines() if line.startswith("✗"))
+        assert float(found[1]) <= 0.9, f"{host}: rated {found[1]} {found[2]}; what is exposed:\n{exposed}"
+        limits = deployed.ssh(host, "systemctl show sync-agent -p MemoryMax -p MemoryHigh -p ActiveState")
+        shown = dict(line.split("=", 1) for line in limits.split())
+        assert shown["ActiveState"] == "active", f"{host}: {limits}"
+        assert shown["MemoryMax"].isdigit() and shown["MemoryHigh"].isdigit(), f"{host}: no memory limit: {limits}"
+        assert int(shown["MemoryHigh"]) < int(shown["MemoryMax"]), f"{host}: {limits}"
+        assert "data" in deployed.env_js(host)  # /_sync/env.js, written by the agent, answers 200 to nginx's user

@@ -43,3 +43,22 @@ def test_a_reader_never_sees_a_missing_or_partial_data_file(tmp_path: Path) -> N
         reader.join()
     assert seen and all(body in bodies for body in seen)
     assert sorted(os.listdir(tmp_path)) == ["data.json"]
+
+
+def test_under_the_units_umask_0077_what_nginx_serves_stays_world_readable(tmp_path: Path) -> None:
+    """The unit runs the agent with UMask=0077: shared/, data.json and the rendered templates are still 0755/0644."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "env.js.j2").write_text("window.ENV = {{ data | tojson }};\n")
+    shared = tmp_path / "srv" / "shared"
+    old_umask = os.umask(0o077)
+    try:
+        files = SharedFiles(shared, templates, "web1")
+        files.ensure_dir()
+        files.write_data({"flag": True})
+        files.write_data({"flag": False})  # the second write replaces an existing file (renameat2)
+        assert files.render({"flag": False}, None, 2) == {}
+    finally:
+        os.umask(old_umask)
+    assert shared.stat().st_mode & 0o777 == 0o755
+    assert {p.name: p.stat().st_mode & 0o777 for p in shared.iterdir()} == {"data.json": 0o644, "env.js": 0o644}
