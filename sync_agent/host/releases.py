@@ -106,7 +106,9 @@ class PreparedSwitch:
         self.before = current_release(self.base)
         self._links: list[tuple[Path, Path]] = []  # (temp, link), current first
         if self.before != release_id:
-            self.live.mkdir(exist_ok=True)  # the role made it (R is root's); an agent run by hand makes its own
+            if not self.live.is_dir():  # the role made it (R is root's); an agent run by hand makes its own,
+                self.live.mkdir()  # readable by nginx whatever the umask (the unit's is 0077)
+                os.chmod(self.live, 0o755)
             self._links.append((temp_symlink(self.live / CURRENT, link_target(release_id)), self.live / CURRENT))
             if self.before is not None:
                 self._links.append((temp_symlink(self.live / PREVIOUS, link_target(self.before)),
