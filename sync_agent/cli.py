@@ -87,6 +87,10 @@ def _rollback_options(parser: argparse.ArgumentParser) -> None:
     _json_option(parser)
 
 
+def _private_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--private", action="store_true", help=help_text)
+
+
 def _json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON for machines")
 
@@ -191,17 +195,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("set", "control:data_set", "set KEY to a JSON value", dsub)
     p.add_argument("key")
     p.add_argument("value", help="JSON, e.g. true, 42, '\"text\"', '{\"a\": 1}'")
+    _private_option(p, "a private key: reaches the hosts' private templates (R/private/), never a served byte")
     _control_options(p)
     _json_option(p)
     p = add("get", "control:data_get", "print KEY's JSON value", dsub)
     p.add_argument("key")
+    _private_option(p, "a private key's value")
     _control_options(p)
     p = add("del", "control:data_del", "delete KEY", dsub)
     p.add_argument("key")
+    _private_option(p, "a private key")
     _control_options(p)
     _json_option(p)
     p = add("export", "control:data_export", "every key and value as a file `data import` reads", dsub)
     p.add_argument("--file", help="write it here (0600) instead of to stdout")
+    _private_option(p, "also the private keys and values (the file then holds them)")
     _control_options(p)
     _json_option(p)
     p = add("import", "control:data_import", "make the store hold what an export file holds, one change per key "
@@ -210,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replace", action="store_true", help="also delete the keys the file does not hold")
     _control_options(p)
     _json_option(p)
-    p = add("list", "control:data_list", "every key and value", dsub)
+    p = add("list", "control:data_list", "every key and value; private keys by name only", dsub)
+    _private_option(p, "also the private keys' values")
     _control_options(p)
     _json_option(p)
 

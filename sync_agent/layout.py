@@ -13,6 +13,7 @@ owns only live/ and shared/, so nothing run as root ever works in a folder the a
     R/pool/<path>                       hard links to the immutable files (assets/, _next/static/, static/) of
                                         every staged release, so the hashed assets of each kept release stay servable
     R/shared/                           the agent's (data.json, rendered templates); nothing here touches it
+    R/private/                          the agent's, 0750, never served: private data and templates that may see it
 
 A release is *staged* when both its directory and its record exist: that is all
 `switch` checks, so switching costs two stats and a rename, never a re-hash.
@@ -41,6 +42,7 @@ LIVE = "live"
 RELEASES = "releases"
 POOL = "pool"
 SHARED = "shared"
+PRIVATE = "private"
 
 
 class StagedRelease(NamedTuple):

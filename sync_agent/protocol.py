@@ -27,6 +27,10 @@ MAX_LABEL_LENGTH = 200
 MAX_DEPTH = 32  # nesting of arrays and objects in one value
 MAX_DATA_KEYS = 1000  # keys in NS:data, checked by lua/data.lua
 MAX_DATA_BYTES = 8 * 1024 * 1024  # key + value bytes of the whole NS:data, checked by lua/data.lua
+# Private data (NS:private) has caps of its own, checked by the same script: a few tokens and internal URLs, which
+# must never crowd out the public data set, nor it them (docs/protocol.md, "Private data").
+MAX_PRIVATE_KEYS = 100
+MAX_PRIVATE_BYTES = 1024 * 1024
 LOG_LENGTH = 1024  # (revision, change id) pairs NS:log keeps, newest last (docs/protocol.md, "The change chain")
 CHANGES_LENGTH = 1000  # entries NS:changes (the record of who changed what) keeps, newest first
 REQUEST_TTL_MS = 24 * 3600 * 1000  # how long a release request's outcome is kept for its retries
@@ -36,7 +40,10 @@ REQUEST_TTL_MS = 24 * 3600 * 1000  # how long a release request's outcome is kep
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _CHANGE_ID = re.compile(r"^[0-9a-f]{8,32}$")
 
-MESSAGE_TYPES = ("data", "release")
+# "private": a change of a private data key, as "data" but kept apart; an agent from before it skips the type (it
+# never writes the value anywhere) and reads the snapshot at its next event (docs/protocol.md, "Private data").
+MESSAGE_TYPES = ("data", "release", "private")
+DATA_MESSAGE_TYPES = ("data", "private")
 DATA_OPS = ("set", "del")
 STATES = ("ready", "degraded")
 
@@ -198,6 +205,12 @@ class Keys:
         return f"{self.namespace}:data"
 
     @property
+    def private(self) -> str:
+        """Hash: private data key → compact JSON value; reaches agents and their private templates, never a byte
+        that nginx serves or the live stream carries."""
+        return f"{self.namespace}:private"
+
+    @property
     def desired(self) -> str:
         """Hash: field "fleet" is the fleet-wide release, "host:<name>" a per-host override."""
         return f"{self.namespace}:desired"
@@ -295,7 +308,10 @@ class Message:
     revision: int
     id: str | None = None  # the change's id; None from a controller that keeps no chain
     parent: str | None = None  # the id of the change before it ("" for the first change of a chain)
-    data: DataChange | None = None
+    data: DataChange | None = None  # a public data change: what data.json, templates and the live stream show
+    # A private data change ("private" events), never in `data`: whatever reads the public change (data.json, the
+    # live stream) cannot meet a private value by mistake.
+    private: DataChange | None = None
     desired: Desired | None = None
     switch_at: int | None = None  # release events: when to rename current, µs since the epoch on Redis' clock
 
@@ -324,14 +340,17 @@ def parse_message(raw: bytes | str) -> Message:
         raise ProtocolError("message has no valid revision")
     change_id = body.get("id") if is_change_id(body.get("id")) else None
     parent = body.get("parent") if body.get("parent") == "" or is_change_id(body.get("parent")) else None
-    if kind == "data":
+    if kind in DATA_MESSAGE_TYPES:
         op = body.get("op")
         if op not in DATA_OPS:
-            raise ProtocolError(f"data message has unknown op {op!r}")
+            raise ProtocolError(f"{kind} message has unknown op {op!r}")
         key = validate_data_key(body.get("key"))
         if op == "set" and "value" not in body:
-            raise ProtocolError("data set message has no value")
-        return Message(kind, epoch, revision, change_id, parent, data=DataChange(key, op, body.get("value")))
+            raise ProtocolError(f"{kind} set message has no value")
+        change = DataChange(key, op, body.get("value"))
+        if kind == "private":
+            return Message(kind, epoch, revision, change_id, parent, private=change)
+        return Message(kind, epoch, revision, change_id, parent, data=change)
     desired = body.get("desired")
     if not isinstance(desired, dict):
         raise ProtocolError("release message has no desired state")

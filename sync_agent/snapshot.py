@@ -80,6 +80,7 @@ class Snapshot:
     head: tuple[int, str] | None = None
     log: tuple[tuple[int, str], ...] = ()
     origin: Origin | None = None
+    private: dict[str, Any] = field(default_factory=dict)  # NS:private: kept apart from data, never served
 
     @property
     def empty(self) -> bool:
@@ -96,6 +97,7 @@ def queue_snapshot(pipe: Pipeline, keys: Keys) -> None:
     pipe.get(keys.head)
     pipe.lrange(keys.log, 0, -1)
     pipe.get(keys.origin)
+    pipe.hgetall(keys.private)
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -164,16 +166,9 @@ def parse_snapshot(results: list[Any]) -> Snapshot:
     epoch, revision, raw_data, raw_desired = results[:4]
     epoch_text, number = _head(epoch, revision)
     head, chain_log, origin = _chain(*results[4:7]) if len(results) >= 7 else (None, (), None)
-    data: dict[str, Any] = {}
     bad: list[str] = []
-    for raw_key, raw_value in raw_data.items():
-        try:
-            key = validate_data_key(_text(raw_key))
-            data[key] = load_json(raw_value if raw_value is not None else b"null")
-        except (ProtocolError, ValueError) as err:
-            name = _printable(raw_key)[:MAX_KEY_LENGTH]
-            log.warning("skipping data key %r from the snapshot: %s", name, err)
-            bad.append(name)
+    data = _values(raw_data, "", bad)
+    private = _values(results[7] if len(results) >= 8 else {}, "private ", bad)
     try:
         desired = Desired.from_hash({_text(k) or "": _text(v) or "" for k, v in raw_desired.items()})
     except (ProtocolError, ValueError) as err:
@@ -181,4 +176,20 @@ def parse_snapshot(results: list[Any]) -> Snapshot:
         desired = Desired()
         bad.append("desired")
     return Snapshot(epoch=epoch_text, revision=number, data=data, desired=desired, bad_keys=tuple(bad), head=head,
-                    log=chain_log, origin=origin)
+                    log=chain_log, origin=origin, private=private)
+
+
+def _values(raw: dict[Any, Any], kind: str, bad: list[str]) -> dict[str, Any]:
+    """A data hash's keys and parsed values; a key or value that fails validation is skipped and named in bad (a
+    private one as "private KEY"; its value is never logged)."""
+    values: dict[str, Any] = {}
+    for raw_key, raw_value in raw.items():
+        try:
+            key = validate_data_key(_text(raw_key))
+            values[key] = load_json(raw_value if raw_value is not None else b"null")
+        except (ProtocolError, ValueError) as err:
+            name = kind + _printable(raw_key)[:MAX_KEY_LENGTH]
+            why = str(err) if not kind else "its key or value cannot be served"  # a private value's text never
+            log.warning("skipping data key %r from the snapshot: %s", name, why)  # reaches a log
+            bad.append(name)
+    return values

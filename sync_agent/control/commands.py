@@ -55,19 +55,19 @@ def release_list(args: argparse.Namespace) -> Report:
 
 
 def data_set(args: argparse.Namespace) -> Report:
-    return reports.data_set(_store(args), args.key, args.value)
+    return reports.data_set(_store(args), args.key, args.value, args.private)
 
 
 def data_get(args: argparse.Namespace) -> Report:
-    return reports.data_get(_store(args), args.key)
+    return reports.data_get(_store(args), args.key, args.private)
 
 
 def data_del(args: argparse.Namespace) -> Report:
-    return reports.data_del(_store(args), args.key)
+    return reports.data_del(_store(args), args.key, args.private)
 
 
 def data_export(args: argparse.Namespace) -> Report:
-    return reports.data_export(_store(args), args.file)
+    return reports.data_export(_store(args), args.file, args.private)
 
 
 def data_import(args: argparse.Namespace) -> Report:
@@ -75,7 +75,7 @@ def data_import(args: argparse.Namespace) -> Report:
 
 
 def data_list(args: argparse.Namespace) -> Report:
-    return reports.data_list(_store(args))
+    return reports.data_list(_store(args), args.private)
 
 
 def fleet(args: argparse.Namespace) -> Report:

@@ -106,36 +106,43 @@ def status(c, json=False, inventory=None):
     _run(json, act, inventory)
 
 
-@task(name="data-set", help={"key": "data key", "value": "a JSON value, e.g. true or '\"text\"'", "json": "print JSON",
-                             "inventory": INVENTORY_HELP})
-def data_set(c, key, value, json=False, inventory=None):
+PRIVATE_HELP = "a private key: reaches the hosts' private templates (R/private/), never a served byte"
+
+
+@task(name="data-set", help={"key": "data key", "value": "a JSON value, e.g. true or '\"text\"'",
+                             "private": PRIVATE_HELP, "json": "print JSON", "inventory": INVENTORY_HELP})
+def data_set(c, key, value, private=False, json=False, inventory=None):
     """Set shared runtime data; every host has it within milliseconds."""
-    _run(json, lambda s: reports.data_set(s.store, key, value), inventory)
+    _run(json, lambda s: reports.data_set(s.store, key, value, bool(private)), inventory)
 
 
-@task(name="data-get", help={"key": "data key", "json": "print JSON", "inventory": INVENTORY_HELP})
-def data_get(c, key, json=False, inventory=None):
+@task(name="data-get", help={"key": "data key", "private": "a private key's value", "json": "print JSON",
+                             "inventory": INVENTORY_HELP})
+def data_get(c, key, private=False, json=False, inventory=None):
     """Print a data key's JSON value."""
-    _run(json, lambda s: reports.data_get(s.store, key), inventory)
+    _run(json, lambda s: reports.data_get(s.store, key, bool(private)), inventory)
 
 
-@task(name="data-del", help={"key": "data key", "json": "print JSON", "inventory": INVENTORY_HELP})
-def data_del(c, key, json=False, inventory=None):
+@task(name="data-del", help={"key": "data key", "private": "a private key", "json": "print JSON",
+                             "inventory": INVENTORY_HELP})
+def data_del(c, key, private=False, json=False, inventory=None):
     """Delete a data key on every host."""
-    _run(json, lambda s: reports.data_del(s.store, key), inventory)
+    _run(json, lambda s: reports.data_del(s.store, key, bool(private)), inventory)
 
 
-@task(name="data-list", help={"json": "print JSON", "inventory": INVENTORY_HELP})
-def data_list(c, json=False, inventory=None):
-    """Every data key and its value."""
-    _run(json, lambda s: reports.data_list(s.store), inventory)
+@task(name="data-list", help={"private": "also the private keys' values", "json": "print JSON",
+                              "inventory": INVENTORY_HELP})
+def data_list(c, private=False, json=False, inventory=None):
+    """Every data key and its value; private keys by name only, unless --private."""
+    _run(json, lambda s: reports.data_list(s.store, bool(private)), inventory)
 
 
-@task(name="data-export", help={"file": "write it here (0600) instead of to stdout", "json": "print JSON",
-                                "inventory": INVENTORY_HELP})
-def data_export(c, file=None, json=False, inventory=None):
+@task(name="data-export", help={"file": "write it here (0600) instead of to stdout",
+                                "private": "also the private keys and values (the file then holds them)",
+                                "json": "print JSON", "inventory": INVENTORY_HELP})
+def data_export(c, file=None, private=False, json=False, inventory=None):
     """Every data key and value, as a file `fab data-import` reads (exact JSON values)."""
-    _run(json, lambda s: reports.data_export(s.store, file), inventory)
+    _run(json, lambda s: reports.data_export(s.store, file, bool(private)), inventory)
 
 
 @task(name="data-import", help={"file": "an export file (or - for stdin)", "replace": "also delete the keys the file "

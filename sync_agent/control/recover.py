@@ -1,11 +1,12 @@
 """Rebuild a store from what the fleet holds: `fab recover` and `sync-agent recover`.
 
 After Redis lost its data (or went back to a save the agents refuse), the hosts still hold the truth: each one's
-`current` and `previous`, its staged releases, its data.json and the point its agent applied. A recovery reads
-all of that over SSH, takes the data of the host whose applied change is the newest, the release every host
-serves (or the one named), and publishes it in one step as a new epoch whose origin names the point it continues
-from. Agents follow such an epoch; what they serve does not change, so nothing switches. docs/reliability.md,
-"Recovering a store", is the operator's side of it.
+`current` and `previous`, its staged releases, its data.json, its private data and the point its agent applied. A
+recovery reads all of that over SSH, takes the data (public and private) of the host whose applied change is the
+newest, the release every host serves (or the one named), and publishes it in one step as a new epoch whose
+origin names the point it continues from. Agents follow such an epoch; what they serve does not change, so nothing
+switches. docs/reliability.md, "Recovering a store", is the operator's side of it. Private values travel only in
+the hosts' answers over SSH and into the store: the plan and the report name the private keys, never a value.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from ..errors import HostFailures, RolloutFailed, UsageError
 from ..protocol import validate_release_id
 from ..snapshot import Point
-from .datafile import checked_values
+from .datafile import check_apart, checked_values
 from .hoststatus import wait_for_acks
 from .inventory import Host
 from .lock import default_holder
@@ -43,6 +44,7 @@ class Held:
     left: list[str]
     data: dict[str, Any] | None
     problem: str = ""  # why its applied point or data cannot be used
+    private: dict[str, Any] | None = None  # its private data (None: an agent from before private data, or unreadable)
 
     @classmethod
     def from_answer(cls, host: str, answer: dict[str, Any]) -> Held:
@@ -54,15 +56,21 @@ class Held:
         elif raw is not None:
             applied = Point.from_json(raw)
             left = [str(e) for e in raw.get("left", [])]
-        data = answer.get("data")
-        if isinstance(data, dict) and set(data) == {"error"}:
-            problems.append(str(data["error"]))
-            data = None
-        elif data is not None and not isinstance(data, dict):
-            problems.append("its data.json is not a JSON object")
-            data = None
+        data = _object(answer.get("data"), "its data.json", problems)
+        private = _object(answer.get("private"), "its private data", problems)
         return cls(host, answer.get("current"), answer.get("previous"), [str(r) for r in answer["staged"]],
-                   applied, left, data, "; ".join(problems))
+                   applied, left, data, "; ".join(problems), private)
+
+
+def _object(raw: Any, what: str, problems: list[str]) -> dict[str, Any] | None:
+    """A data object of a host's answer; None (with the problem noted) for {"error": …} or anything not an object."""
+    if isinstance(raw, dict) and set(raw) == {"error"}:
+        problems.append(str(raw["error"]))
+        return None
+    if raw is not None and not isinstance(raw, dict):
+        problems.append(f"{what} is not a JSON object")
+        return None
+    return raw
 
 
 @dataclass
@@ -76,9 +84,11 @@ class RecoveryPlan:
     continues_from: Point | None
     held: dict[str, Held] = field(default_factory=dict)
     store_before: Point | None = None  # what the store held before (None: empty)
+    private: dict[str, Any] = field(default_factory=dict)  # from the same host; shown by name only
 
     def to_json(self) -> dict[str, Any]:
         return {"release": self.release, "history": self.history, "keys": sorted(self.data),
+                "private_keys": sorted(self.private),
                 "data_from": self.source,
                 "continues_from": self.continues_from.to_json() if self.continues_from else None,
                 "store_before": self.store_before.to_json() if self.store_before else None,
@@ -92,7 +102,9 @@ class RecoveryPlan:
                  f"{self.continues_from or 'nothing (no host had applied a change)'}",
                  f"  release: {self.release} (history: {' -> '.join(self.history)})",
                  f"  data:    {len(self.data)} key(s) from {self.source}: {', '.join(sorted(self.data)[:10]) or '-'}"
-                 + (" …" if len(self.data) > 10 else "")]
+                 + (" …" if len(self.data) > 10 else ""),
+                 f"  private: {len(self.private)} key(s) from {self.source}: "
+                 f"{', '.join(sorted(self.private)[:10]) or '-'}" + (" …" if len(self.private) > 10 else "")]
         for host, held in sorted(self.held.items()):
             lines.append(f"  {host}: serves {held.current or '-'}, applied {held.applied or '-'}")
         return "\n".join(lines)
@@ -159,7 +171,7 @@ def plan_recovery(s: Session, release: str | None = None) -> RecoveryPlan:
     store_before = Point(snapshot.epoch, snapshot.revision, snapshot.head[1] if snapshot.head else None) \
         if snapshot.epoch is not None else None
     return RecoveryPlan(release, history, dict(source.data or {}), source.host, source.applied,
-                        {h.host: h for h in held}, store_before)
+                        {h.host: h for h in held}, store_before, dict(source.private or {}))
 
 
 def recover(s: Session, plan: RecoveryPlan, timeout: float = DEFAULT_ACK_TIMEOUT) -> Change:
@@ -173,8 +185,10 @@ def recover(s: Session, plan: RecoveryPlan, timeout: float = DEFAULT_ACK_TIMEOUT
         meta = s.store.release_metadata()
         metadata = {r: meta.get(r) or release_metadata("(recovered)") for r in plan.history}
         values = checked_values(plan.data, f"{plan.source}'s data.json")
+        check_apart(plan.data, plan.private, f"{plan.source}'s data")
+        secrets = checked_values(plan.private, f"{plan.source}'s private data", private=True)
         change = s.store.seed("recover", plan.continues_from, values, plan.release, plan.history, metadata,
-                              replace=True, token=hold.token)
+                              replace=True, token=hold.token, private=secrets)
         laggards = wait_for_acks(s.store, s.web_names, change.epoch, change.revision, plan.release, timeout,
                                  hold.check)
         if laggards:

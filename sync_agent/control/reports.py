@@ -136,36 +136,60 @@ def lock(store: Store, namespace: str, force: bool) -> Report:
 # --- shared data ------------------------------------------------------------------------------------
 
 
-def data_set(store: Store, key: str, value: str) -> Report:
-    return _change(store.data_set(key, value), f"{key} set", key=key)
+def data_set(store: Store, key: str, value: str, private: bool = False) -> Report:
+    what = f"{key} set" + (" (private)" if private else "")
+    return _change(store.data_set(key, value, private), what, key=key, private=private)
 
 
-def data_get(store: Store, key: str) -> Report:
-    value = store.data_get(key)
+def data_get(store: Store, key: str, private: bool = False) -> Report:
+    value = store.data_get(key, private)
     return Report(value, _value(value))
 
 
-def data_del(store: Store, key: str) -> Report:
-    change = store.data_del(key)
+def data_del(store: Store, key: str, private: bool = False) -> Report:
+    change = store.data_del(key, private)
+    kind = "private key " if private else ""
     if not change.revision:
-        return Report({"key": key, "deleted": False}, f"{key} was not set")
-    return _change(change, f"{key} deleted", key=key, deleted=True)
+        return Report({"key": key, "deleted": False, "private": private}, f"{kind}{key} was not set")
+    return _change(change, f"{kind}{key} deleted", key=key, deleted=True, private=private)
 
 
-def data_export(store: Store, file: str | None = None) -> Report:
-    """Every key and value as a file `data import` reads (on stdout without file)."""
-    document = datafile.export_document(store)
+def data_list(store: Store, private: bool = False) -> Report:
+    """Every public key and value, and the private keys by name; with private, their values too.
+
+    --json: without private, {key: value} of the public keys (as before private keys existed); with private,
+    {"data": {…}, "private": {…}}."""
+    data = store.data_list()
+    lines = [f"{k} = {_value(v)}" for k, v in data.items()]
+    if private:
+        secrets = store.private_list()
+        lines += [f"{k} = {_value(v)} (private)" for k, v in secrets.items()]
+        return Report({"data": data, "private": secrets}, "\n".join(sorted(lines)) or "no data is set")
+    names = store.private_keys()
+    lines += [f"{k} (private; --private shows its value)" for k in names]
+    return Report(data, "\n".join(sorted(lines)) or "no data is set")
+
+
+def data_export(store: Store, file: str | None = None, private: bool = False) -> Report:
+    """Every key and value as a file `data import` reads (on stdout without file); with private, the private keys
+    and values too."""
+    document = datafile.export_document(store, private)
     text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     skipped = document["skipped"]
-    warning = (f"warning: not exported, their stored values are ones agents refuse: {', '.join(skipped)}"
-               if skipped else "")
+    warnings = [f"warning: not exported, their stored values are ones agents refuse: {', '.join(skipped)}"] \
+        if skipped else []
+    if document.get("private_left_out"):
+        warnings.append(f"note: {document['private_left_out']} private key(s) not exported; --private exports them "
+                        "(the file then holds their values)")
+    warning = "\n".join(warnings)
     if file is None:
         return Report(document, text.rstrip("\n"), warning=warning)
     try:
         atomic_write(file, text.encode(), mode=0o600)
     except OSError as err:
         raise UsageError(f"cannot write {file}: {err.strerror}") from err
-    summary = {k: v for k, v in document.items() if k != "data"} | {"keys": len(document["data"]), "file": file}
+    summary = {k: v for k, v in document.items() if k not in ("data", "private")} | {
+        "keys": len(document["data"]), "private_keys": len(document.get("private", {})), "file": file}
     return Report(summary, f"exported {len(document['data'])} key(s) at revision {document['revision']} to {file}",
                   warning=warning)
 
@@ -177,8 +201,10 @@ def data_import(store: Store, file: str, replace: bool = False) -> Report:
     except OSError as err:
         raise UsageError(f"cannot read {file}: {err.strerror}") from err
     result = datafile.import_values(store, datafile.parse_document(text, file), replace)
-    text = (f"imported {file}: {len(result.set)} key(s) set, {len(result.deleted)} deleted, {result.unchanged} "
-            f"unchanged" + (f"; at revision {result.revision}" if result.revision else "")
+    private = (f", {len(result.private_set)} private key(s) set, {len(result.private_deleted)} deleted"
+               if result.private_set or result.private_deleted else "")
+    text = (f"imported {file}: {len(result.set)} key(s) set, {len(result.deleted)} deleted{private}, "
+            f"{result.unchanged} unchanged" + (f"; at revision {result.revision}" if result.revision else "")
             + ("; the store was empty: this made its new epoch" if result.new_epoch else ""))
     return Report(vars(result), text)
 
@@ -198,6 +224,3 @@ def recover(s: Session, release: str | None, yes: bool, timeout: float, as_json:
                   f"{plan.source}; every web host took it")
 
 
-def data_list(store: Store) -> Report:
-    data = store.data_list()
-    return Report(data, "\n".join(f"{k} = {_value(v)}" for k, v in data.items()) or "no data is set")

@@ -41,6 +41,8 @@ from ..protocol import (
     LOG_LENGTH,
     MAX_DATA_BYTES,
     MAX_DATA_KEYS,
+    MAX_PRIVATE_BYTES,
+    MAX_PRIVATE_KEYS,
     REQUEST_TTL_MS,
     Desired,
     Keys,
@@ -216,6 +218,8 @@ class Store:
                 raise UsageError(message.removeprefix("NOHISTORY ")) from err
             if message.startswith("LIMIT"):
                 raise ProtocolError(f"value refused: {message.removeprefix('LIMIT ')}") from err
+            if message.startswith("CLASH"):
+                raise UsageError(f"{message.removeprefix('CLASH ')}; nothing was changed") from err
             if "NOPERM" in message or "no permissions" in message:
                 raise StoreUnavailable(f"Redis refused the publisher: {message}; check the ACL user") from err
             raise FrontfleetError(f"Redis refused the change: {message}") from err
@@ -224,31 +228,47 @@ class Store:
 
     # --- shared data --------------------------------------------------------------------------
 
-    def _data(self, op: str, key: str, value: str) -> Change:
+    def _data(self, op: str, key: str, value: str, private: bool) -> Change:
         change_id = new_change_id()
         keys, args = self._common(change_id, "", keep_outcome=False)
-        result = self._run(self._data_script, [*keys, self.keys.data],
-                           [*args, op, validate_data_key(key), value, str(MAX_DATA_KEYS), str(MAX_DATA_BYTES)])
+        hashes = [self.keys.private, self.keys.data] if private else [self.keys.data, self.keys.private]
+        caps = (MAX_PRIVATE_KEYS, MAX_PRIVATE_BYTES) if private else (MAX_DATA_KEYS, MAX_DATA_BYTES)
+        result = self._run(self._data_script, [*keys, *hashes],
+                           [*args, op, validate_data_key(key), value, str(caps[0]), str(caps[1]),
+                            "private" if private else "data"])
         revision = int(result[1])
         return Change(result[0], revision, change_id if revision else "")
 
-    def data_set(self, key: str, value_json: str) -> Change:
-        """Set a key; a value agents could not serve, or one over the data set's caps, is refused (exit 2)."""
-        return self._data("set", key, validate_json_value(value_json))
+    def data_set(self, key: str, value_json: str, private: bool = False) -> Change:
+        """Set a key (private: in NS:private, which reaches hosts' private templates only); a value agents could
+        not serve, one over the caps, or a key that is set on the other side (public/private), is refused."""
+        return self._data("set", key, validate_json_value(value_json), private)
 
-    def data_del(self, key: str) -> Change:
+    def data_del(self, key: str, private: bool = False) -> Change:
         """Delete a key; revision 0 in the result means it was not set (nothing changed)."""
-        return self._data("del", key, "")
+        return self._data("del", key, "", private)
 
-    def data_get(self, key: str) -> Any:
-        raw = self.call(self.client.hget, self.keys.data, validate_data_key(key))
+    def data_get(self, key: str, private: bool = False) -> Any:
+        raw = self.call(self.client.hget, self.keys.private if private else self.keys.data, validate_data_key(key))
         if raw is None:
-            raise UsageError(f"no data key {key!r}; `data list` shows the keys that are set")
+            if not private and self.call(self.client.hexists, self.keys.private, key):
+                raise UsageError(f"{key!r} is a private key; `data get --private {key}` prints its value")
+            kind = "private data key" if private else "data key"
+            raise UsageError(f"no {kind} {key!r}; `data list` shows the keys that are set")
         return _stored_value(key, raw)
 
     def data_list(self) -> dict[str, Any]:
         raw = self.call(self.client.hgetall, self.keys.data)
         return {k: _stored_value(k, v) for k, v in sorted(raw.items())}
+
+    def private_list(self) -> dict[str, Any]:
+        """Every private key and value: for the controller's own user (`data list --private`, an export)."""
+        raw = self.call(self.client.hgetall, self.keys.private)
+        return {k: _stored_value(k, v) for k, v in sorted(raw.items())}
+
+    def private_keys(self) -> list[str]:
+        """The private keys' names alone (what `data list` shows without --private)."""
+        return sorted(self.call(self.client.hkeys, self.keys.private))
 
     # --- releases -----------------------------------------------------------------------------
 
@@ -263,7 +283,8 @@ class Store:
 
     def seed(self, how: str, continues_from: Point | None = None, data: dict[str, str] | None = None,
              release: str | None = None, history: list[str] | None = None,
-             metadata: dict[str, dict[str, Any]] | None = None, replace: bool = False, token: str = "") -> Change:
+             metadata: dict[str, dict[str, Any]] | None = None, replace: bool = False, token: str = "",
+             private: dict[str, str] | None = None) -> Change:
         """Make a new epoch holding exactly this state, in one step; its origin says how it was made and what it
         continues from (agents follow a new epoch only when it continues from what they applied, or is a
         recovery). Refused on a store that has an epoch unless replace (StoreExists)."""
@@ -273,11 +294,13 @@ class Store:
         origin = {"how": how, "continues_from": continues_from.to_json() if continues_from else None,
                   **who_and_when()}
         keys = [self.keys.origin, self.keys.data, self.keys.desired, self.keys.history, self.keys.history_position,
-                self.keys.releases, self.keys.rollout]
+                self.keys.releases, self.keys.rollout, self.keys.private]
         pairs = [item for key in sorted(data or {}) for item in (validate_data_key(key), (data or {})[key])]
+        secret = {validate_data_key(key): value for key, value in sorted((private or {}).items())}
         args = [epoch, "replace" if replace else "", json.dumps(origin),
                 validate_release_id(release) if release else "", json.dumps(history or []),
-                json.dumps({r: json.dumps(m) for r, m in (metadata or {}).items()}), *pairs]
+                json.dumps({r: json.dumps(m) for r, m in (metadata or {}).items()}),
+                json.dumps(secret, ensure_ascii=False), *pairs]
         change_id, result = self._request(self._seed_script, token, keys, args)
         return Change(result[0], int(result[1]), change_id)
 

@@ -24,7 +24,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .. import __version__
 from ..errors import (
@@ -44,7 +46,7 @@ from .config import AgentConfig, load_config
 from .decisions import Verdict
 from .notify import Notifier, watchdog_interval
 from .releases import PreparedSwitch
-from .shared_data import APPLIED_FILE, ReleaseInfo, SharedFiles
+from .shared_data import APPLIED_FILE, DATA_FILE, ReleaseInfo, SharedFiles
 from .state import AppliedState, Batch
 
 log = logging.getLogger(__name__)
@@ -125,7 +127,7 @@ class Agent:
         self.config = config
         self.root = config.release_root
         self.notifier = notifier or Notifier()
-        self.shared = SharedFiles(config.shared_dir, config.templates_dir, config.host)
+        self.shared = SharedFiles(config.shared_dir, config.templates_dir, config.host, config.private_dir)
         self.applied = AppliedState(config.host)
         self.connected = False
         self.current: str | None = None
@@ -236,7 +238,7 @@ class Agent:
         if batch.applied:
             log.info("applied revisions %d..%d (%d change(s)) in epoch %s", batch.first, self.applied.revision,
                      batch.applied, self.applied.epoch)
-        if batch.data or batch.release or batch.resynced:
+        if batch.data or batch.private or batch.release or batch.resynced:
             await self._flush(bus, batch)
         elif self.applied.error_text() != had_error:
             await self.ack(bus)  # a skipped message or a refused snapshot shows in the status at once
@@ -320,21 +322,30 @@ class Agent:
     async def _flush(self, bus: Bus, batch: Batch) -> None:
         """Write what the batch changed: switch, data.json, the status (the ack), then the templates."""
         switched = await self._ensure_release(bus, batch.switch_at) if batch.release else False
-        wrote = False
-        if batch.data and not self.applied.store_empty:
-            try:
-                self.shared.write_data(self.applied.data)
-                wrote = True
-                self._write_landed("data")
-            except OSError as err:
-                self._write_failed("data", f"cannot write {self.shared.shared_dir / 'data.json'}: {err}")
-        if wrote or switched or (batch.resynced and not self.applied.store_empty):
+        wrote = batch.data and self._write("data", lambda: self.shared.write_data(self.applied.data),
+                                           self.shared.shared_dir / DATA_FILE)
+        # Private data lands in private/ alone; `wrote` stays about data.json (what the public side reads).
+        wrote_private = batch.private and self._write(
+            "private", lambda: self.shared.write_private(self.applied.private), self.shared.private_dir)
+        if wrote or wrote_private or switched or (batch.resynced and not self.applied.store_empty):
             self._render_due = True  # by _render_when_idle, after this batch or after the burst it is part of
         self._advance_ack()
         await self.ack(bus, now=switched)
         self._tell_systemd()
 
     # --- writes that must land before they are acknowledged -------------------------------------------------
+
+    def _write(self, what: str, write: Callable[[], None], where: Path | None) -> bool:
+        """One write of a batch (nothing while the store is empty): True when it landed, else noted to retry."""
+        if self.applied.store_empty:
+            return False
+        try:
+            write()
+        except OSError as err:
+            self._write_failed(what, f"cannot write {where}: {err}")
+            return False
+        self._write_landed(what)
+        return True
 
     def _write_failed(self, what: str, why: str) -> None:
         """Note a write the filesystem refused: the host is degraded, the ack holds, a retry is scheduled."""
@@ -376,7 +387,7 @@ class Agent:
         """Write everything again (data.json, current, the templates) after a write failed; until it lands, the
         next try follows with backoff."""
         self._write_retry_at = None
-        await self._flush(bus, Batch(data=True, release=True, resynced=True))
+        await self._flush(bus, Batch(data=True, private=True, release=True, resynced=True))
         if self._render_due:
             await self._render(bus)
         if self._write_errors and self._write_retry_at is None:
@@ -398,7 +409,7 @@ class Agent:
                 self._labels[self.current] = label
             release = ReleaseInfo(self.current, label)
         before = (self.applied.acked, self.applied.errors.get("template"), self.applied.errors.get("write"))
-        failures = self.shared.render(self.applied.data, release, self.applied.revision)
+        failures = self.shared.render(self.applied.data, release, self.applied.revision, self.applied.private)
         if failures:
             self.applied.errors["template"] = self.shared.error_summary()
         else:
@@ -611,6 +622,7 @@ class Agent:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._signal, signum)
         self.shared.ensure_dir()
+        self.shared.ensure_private_dir()
         self._restore_applied()
         self.current = current_release(self.root)
         self.previous = previous_release(self.root)

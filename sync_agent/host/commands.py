@@ -12,6 +12,7 @@ from typing import Any
 from ..cli import read_manifest
 from ..errors import ProtocolError, UnsafePath, UsageError
 from ..layout import (
+    PRIVATE,
     SHARED,
     check_root_owned,
     current_release,
@@ -27,7 +28,7 @@ from .agent import main as run_agent
 from .httpcheck import check_url
 from .releases import prune, record_verified, verify
 from .rootdir import lay_out
-from .shared_data import APPLIED_FILE, DATA_FILE, SharedFiles
+from .shared_data import APPLIED_FILE, DATA_FILE, PRIVATE_DATA_FILE, SharedFiles
 from .staging import lacking, receive_stream
 
 
@@ -102,11 +103,13 @@ def prune_releases(args: argparse.Namespace) -> Report:
 
 
 def status(args: argparse.Namespace) -> Report:
-    """The releases on disk and the point this host's agent applied; with --data, also the data it serves (what
-    `fab recover` rebuilds a store from)."""
+    """The releases on disk and the point this host's agent applied; with --data, also the data it serves and its
+    private data (what `fab recover` rebuilds a store from). The private values go to stdout, the answer channel of
+    the controller that runs this as root over SSH, and nowhere else: no log line, no file."""
     root = Path(args.root)
     staged = [release for release, _ in staged_releases(root)]
-    shared = SharedFiles(root / SHARED, None, "")  # the agent's folder: read without following its symlinks
+    # The agent's folders: read without following its symlinks.
+    shared = SharedFiles(root / SHARED, None, "", root / PRIVATE)
     try:
         point, left = shared.read_applied()
         applied: Any = {**point.to_json(), "left": left} if point is not None else None
@@ -121,5 +124,10 @@ def status(args: argparse.Namespace) -> Report:
             data["data"] = shared.read_data()
         except (OSError, ProtocolError, UnsafePath) as err:
             data["data"] = {"error": f"cannot read {root / SHARED / DATA_FILE}: {err}"}
+        try:
+            data["private"] = shared.read_private()
+        except (OSError, ProtocolError, UnsafePath) as err:
+            data["private"] = {"error": f"cannot read {root / PRIVATE / PRIVATE_DATA_FILE}: "
+                                        f"{err.strerror if isinstance(err, OSError) else type(err).__name__}"}
     return Report(data, f"current:  {data['current'] or '-'}\nprevious: {data['previous'] or '-'}\n"
                         f"staged:   {', '.join(staged) or '-'}\napplied:  {point_text}")

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError, ProtocolError
-from ..layout import SHARED
+from ..layout import PRIVATE, SHARED
 from ..protocol import agent_user, validate_host, validate_namespace
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -76,6 +76,11 @@ class AgentConfig:
     @property
     def shared_dir(self) -> Path:
         return self.release_root / SHARED
+
+    @property
+    def private_dir(self) -> Path:
+        """Where private templates render (and the private data is kept): never served by nginx."""
+        return self.release_root / PRIVATE
 
     @property
     def log_level_number(self) -> int:

@@ -1,8 +1,9 @@
 """Lay out a release root so that nothing run as root follows a path the agent's user can change, and move a root
 laid out by an earlier frontfleet (the agent owned R, `current` and `previous` sat in R) to it in place.
 
-Root owns R, `releases/` and `pool/`; the agent's user owns `live/` (its `current` and `previous` links) and
-`shared/`. Every step works from a folder fd opened with O_NOFOLLOW and changes entries through it (fchownat,
+Root owns R, `releases/` and `pool/`; the agent's user owns `live/` (its `current` and `previous` links),
+`shared/`, and `private/` (mode 0750: the private data and what renders from it; nginx's user cannot enter
+it). Every step works from a folder fd opened with O_NOFOLLOW and changes entries through it (fchownat,
 symlinkat, renameat), so a symlink planted by the agent's user is refused by name, never followed. The sync_agent
 role runs this as `sync-agent layout` on every deploy; a second run changes nothing.
 """
@@ -21,12 +22,13 @@ from pathlib import Path
 
 from ..errors import UnsafePath, UsageError
 from ..fsutil import StrPath, open_dir_nofollow
-from ..layout import CURRENT, LIVE, POOL, PREVIOUS, RELEASES, SHARED, link_target
+from ..layout import CURRENT, LIVE, POOL, PREVIOUS, PRIVATE, RELEASES, SHARED, link_target
 
 log = logging.getLogger(__name__)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MODE = 0o755
+_PRIVATE_MODE = 0o750  # the agent's user and group only: never nginx's (host/shared_data.py PRIVATE_DIR_MODE)
 
 
 @dataclass
@@ -57,7 +59,7 @@ def lay_out(root: StrPath, agent_user: str, dry_run: bool = False) -> LayoutPlan
     try:
         with _folder(plan, parent, base, 0, 0) as root_fd:
             if root_fd is None:  # a dry run on a host that has no root yet: everything below is new
-                for name in (RELEASES, POOL, LIVE, SHARED, CURRENT):
+                for name in (RELEASES, POOL, LIVE, SHARED, PRIVATE, CURRENT):
                     plan.note(f"create {base / name}")
                 return plan
             for name in (RELEASES, POOL):
@@ -65,6 +67,8 @@ def lay_out(root: StrPath, agent_user: str, dry_run: bool = False) -> LayoutPlan
                     if fd is not None:
                         _own_tree(plan, fd, base / name)
             with _folder(plan, root_fd, base / SHARED, agent.pw_uid, agent.pw_gid):
+                pass
+            with _folder(plan, root_fd, base / PRIVATE, agent.pw_uid, agent.pw_gid, _PRIVATE_MODE):
                 pass
             with _folder(plan, root_fd, base / LIVE, agent.pw_uid, agent.pw_gid) as live_fd:
                 for name in (CURRENT, PREVIOUS):
@@ -75,9 +79,10 @@ def lay_out(root: StrPath, agent_user: str, dry_run: bool = False) -> LayoutPlan
 
 
 @contextmanager
-def _folder(plan: LayoutPlan, parent_fd: int, path: Path, uid: int, gid: int) -> Iterator[int | None]:
-    """An fd of the folder path (created if missing), owned by uid:gid with mode 0755; None in a dry run that
-    would create it."""
+def _folder(plan: LayoutPlan, parent_fd: int, path: Path, uid: int, gid: int,
+            want: int = _MODE) -> Iterator[int | None]:
+    """An fd of the folder path (created if missing), owned by uid:gid with mode want (0755 unless said); None in a
+    dry run that would create it."""
     created = False
     try:
         info = os.stat(path.name, dir_fd=parent_fd, follow_symlinks=False)
@@ -85,7 +90,7 @@ def _folder(plan: LayoutPlan, parent_fd: int, path: Path, uid: int, gid: int) ->
         if not plan.note(f"create {path}"):
             yield None
             return
-        os.mkdir(path.name, _MODE, dir_fd=parent_fd)
+        os.mkdir(path.name, want, dir_fd=parent_fd)
         created = True
     else:
         if not stat.S_ISDIR(info.st_mode):
@@ -98,8 +103,8 @@ def _folder(plan: LayoutPlan, parent_fd: int, path: Path, uid: int, gid: int) ->
         if not owned and (created or plan.note(f"chown {path} {info.st_uid}:{info.st_gid} -> {uid}:{gid}")):
             os.fchown(fd, uid, gid)
         mode = stat.S_IMODE(info.st_mode)
-        if mode != _MODE and (created or plan.note(f"chmod {path} {mode:04o} -> {_MODE:04o}")):
-            os.fchmod(fd, _MODE)
+        if mode != want and (created or plan.note(f"chmod {path} {mode:04o} -> {want:04o}")):
+            os.fchmod(fd, want)
         yield fd
     finally:
         os.close(fd)

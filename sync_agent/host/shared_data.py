@@ -1,6 +1,10 @@
-"""What the agent writes under `shared/`: data.json and the rendered runtime templates.
+"""What the agent writes under `shared/` (data.json and the rendered runtime templates) and under `private/` (the
+private data and the templates that may see it).
 
-Both are replaced by temp file and rename (fsutil.atomic_write), never fsynced:
+A template sees the public data only (`data`), and renders into shared/, which nginx serves under /_sync/. A
+template named `*.private.j2` also sees the private data (`private`) and renders into private/ instead (mode
+0640 in a 0750 folder of the agent's user and group), which nginx does not serve and its user cannot read
+(docs/configuration.md, "Private data"). All are replaced by temp file and rename (fsutil.atomic_write), never fsynced:
 Redis is the durable copy and the agent rewrites them from the snapshot at
 every start. Templates render in a sandboxed Jinja2 environment with strict
 undefined; a template that fails keeps its previous output and is reported.
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
 from ..fsutil import atomic_write, read_nofollow, write_temp
@@ -69,6 +73,10 @@ def replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
         temp.unlink(missing_ok=True)  # after the exchange: the old content
 
 DATA_FILE = "data.json"
+PRIVATE_DATA_FILE = "data.json"  # in private/: every private key and value, for `sync-agent status --data` (recovery)
+PRIVATE_MODE = 0o640  # the files of private/: the agent's user and group (a service that needs them joins the group)
+PRIVATE_DIR_MODE = 0o750
+PRIVATE_TEMPLATE_SUFFIX = ".private.j2"
 APPLIED_FILE = "applied.json"  # the applied point (epoch, revision, change id) and the epochs left; not secret
 # What a reader takes of each file at most: data.json is the data caps' keys and values plus JSON's quotes and
 # commas (escapes can double a value's bytes); applied.json is a point and at most 16 epochs.
@@ -85,11 +93,18 @@ class ReleaseInfo:
     label: str
 
 
-class SharedFiles:
-    """Writes shared/data.json and renders every `*.j2` of the templates directory into shared/."""
+def is_private_template(name: str) -> bool:
+    return name.endswith(PRIVATE_TEMPLATE_SUFFIX)
 
-    def __init__(self, shared_dir: Path, templates_dir: Path | None, host: str) -> None:
+
+class SharedFiles:
+    """Writes shared/data.json and renders every `*.j2` of the templates directory into shared/, except the
+    `*.private.j2`, which render into private/ and alone see the private data."""
+
+    def __init__(self, shared_dir: Path, templates_dir: Path | None, host: str,
+                 private_dir: Path | None = None) -> None:
         self.shared_dir = shared_dir
+        self.private_dir = private_dir
         self.templates_dir = templates_dir
         self.host = host
         self._env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
@@ -104,6 +119,38 @@ class SharedFiles:
         except FileExistsError:
             return
         os.chmod(self.shared_dir, 0o755)
+
+    def ensure_private_dir(self) -> None:
+        """Create private/ if it is missing (an agent run by hand; `sync-agent layout` makes it for the unit), 0750
+        whatever the umask; an existing one keeps the mode the layout gave it."""
+        if self.private_dir is None:
+            return
+        try:
+            self.private_dir.mkdir(mode=PRIVATE_DIR_MODE)
+        except FileExistsError:
+            return
+        except OSError as err:  # R itself is root's under the unit: the layout must make it
+            log.warning("cannot create %s (%s): `sync-agent layout` makes it", self.private_dir, err)
+            return
+        os.chmod(self.private_dir, PRIVATE_DIR_MODE)
+
+    def write_private(self, private: dict[str, Any]) -> None:
+        """Replace private/data.json with every private key and value (0640): what `fab recover` reads back."""
+        if self.private_dir is None:
+            return
+        body = json.dumps(private, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        replace_file(self.private_dir / PRIVATE_DATA_FILE, body, PRIVATE_MODE)
+
+    def read_private(self) -> Any:
+        """private/data.json as written, None when there is none (an agent from before private data). Read without
+        following a symlink, as read_data."""
+        if self.private_dir is None:
+            return None
+        try:
+            raw = read_nofollow(self.private_dir / PRIVATE_DATA_FILE, DATA_LIMIT)
+        except FileNotFoundError:
+            return None
+        return load_json(raw)
 
     def write_data(self, data: dict[str, Any]) -> None:
         """Replace data.json with the whole data set, keys sorted so equal data gives equal bytes."""
@@ -185,31 +232,45 @@ class SharedFiles:
             del self._compiled[name]
         return found
 
-    def render(self, data: dict[str, Any], release: ReleaseInfo | None, revision: int) -> dict[str, str]:
+    def render(self, data: dict[str, Any], release: ReleaseInfo | None, revision: int,
+               private: dict[str, Any] | None = None) -> dict[str, str]:
         """Render every template atomically; a failing one keeps its last output. Returns the render failures;
-        outputs the filesystem refused to take are in write_errors (a write to retry, not a template's fault)."""
+        outputs the filesystem refused to take are in write_errors (a write to retry, not a template's fault).
+
+        A public template's context has no `private` at all (strict undefined: using it fails the template, it
+        never renders as empty); a `*.private.j2` gets it and writes into private/."""
         context = {
             "data": data,
             "release": {"id": release.id, "label": release.label} if release else {"id": "", "label": ""},
             "host": self.host,
             "revision": revision,
         }
+        private_context = {**context, "private": private or {}}
         errors: dict[str, str] = {}
         write_errors: dict[str, str] = {}
         for name, (template, problem) in sorted(self._templates().items()):
-            target = name[: -len(TEMPLATE_SUFFIX)]
+            secret = is_private_template(name)
+            if secret and self.private_dir is None:
+                continue
+            folder = self.private_dir if secret and self.private_dir is not None else self.shared_dir
+            target = name[: -len(PRIVATE_TEMPLATE_SUFFIX if secret else TEMPLATE_SUFFIX)]
             if template is None:
                 errors[name] = problem
+            elif secret and target == PRIVATE_DATA_FILE:
+                errors[name] = (f"it would overwrite private/{PRIVATE_DATA_FILE}, where the agent keeps the private "
+                                "data; rename it")
             else:
                 try:
-                    output = template.render(context).encode()
+                    output = template.render(private_context if secret else context).encode()
                 except Exception as err:  # a template can raise anything; none may stop the agent
-                    errors[name] = f"{type(err).__name__}: {err}"
+                    # A private template's error text could quote a private value: only an undefined name's is kept.
+                    shown = not secret or isinstance(err, UndefinedError)
+                    errors[name] = type(err).__name__ + (f": {err}" if shown else "")
                 else:
                     try:
-                        replace_file(self.shared_dir / target, output)
+                        replace_file(folder / target, output, PRIVATE_MODE if secret else 0o644)
                     except OSError as err:
-                        write_errors[name] = f"cannot write {self.shared_dir / target}: {err}"
+                        write_errors[name] = f"cannot write {folder / target}: {err}"
                     continue
             if self.errors.get(name) != errors[name]:
                 log.error("template %s failed, %s keeps its previous output: %s", name, target, errors[name])

@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..protocol import LOG_LENGTH, Desired, Message
+from ..protocol import LOG_LENGTH, DataChange, Desired, Message
 from ..snapshot import Point, Snapshot
 from .decisions import Verdict, judge_event, judge_snapshot, snapshot_is_news
 
@@ -26,11 +26,19 @@ DEGRADING = frozenset({"store", "history", "snapshot", "write", "session", "rele
 EPOCHS_REMEMBERED = 16  # epochs this host left, never followed back (a save from before a recovery)
 
 
+def _change(values: dict[str, Any], change: DataChange) -> None:
+    if change.op == "set":
+        values[change.key] = change.value
+    else:
+        values.pop(change.key, None)
+
+
 @dataclass
 class Batch:
     """What a batch of messages changed, so the files are written once per batch."""
 
     data: bool = False
+    private: bool = False  # a private key changed: R/private/ is written again, nothing under shared/
     release: bool = False
     applied: int = 0
     first: int = 0
@@ -54,6 +62,9 @@ class AppliedState:
     known: dict[int, str] = field(default_factory=dict)  # ids of the epoch's recent revisions, as far as seen
     left: list[str] = field(default_factory=list)  # epochs this host left, newest last
     data: dict[str, Any] = field(default_factory=dict)
+    # Private data: its own dict, never merged into data, so what reads data (data.json, public templates, the live
+    # stream) cannot carry a private value.
+    private: dict[str, Any] = field(default_factory=dict)
     desired: Desired = field(default_factory=Desired)
     synced: bool = False  # a snapshot was applied since the process started
     store_empty: bool = False
@@ -99,12 +110,11 @@ class AppliedState:
     def apply_message(self, message: Message, batch: Batch) -> None:
         """Apply the next revision (judge said APPLY)."""
         if message.data is not None:
-            change = message.data
-            if change.op == "set":
-                self.data[change.key] = change.value
-            else:
-                self.data.pop(change.key, None)
+            _change(self.data, message.data)
             batch.data = True
+        elif message.private is not None:
+            _change(self.private, message.private)
+            batch.private = True
         elif message.desired is not None:
             self.desired = message.desired
             batch.release = True
@@ -161,8 +171,9 @@ class AppliedState:
         self.change_id = snapshot.head[1] if snapshot.head is not None else None
         self.known = dict(snapshot.log)
         self.data = dict(snapshot.data)
+        self.private = dict(snapshot.private)
         self.desired = snapshot.desired
         self.synced = True
-        batch.data = batch.release = True
+        batch.data = batch.private = batch.release = True
         batch.switch_at = None  # a snapshot's release is due already
         return True
