@@ -61,10 +61,23 @@ def test_a_new_root_is_roots_with_live_and_shared_the_agents_and_a_second_run_ch
     plan = lay_out(root, AGENT)
     assert f"create {root}" in plan.changes
     assert {owner(root / name) for name in ("", "releases", "pool")} == {"root"}
-    assert {owner(root / name) for name in ("live", "shared")} == {AGENT}
+    assert {owner(root / name) for name in ("live", "shared", "private")} == {AGENT}
     assert os.readlink(root / "current") == "live/current"
     assert {stat.S_IMODE(os.lstat(root / name).st_mode) for name in ("", "releases", "live")} == {0o755}
+    assert stat.S_IMODE(os.lstat(root / "private").st_mode) == 0o750  # nginx's user cannot enter it
     assert lay_out(root, AGENT).changes == []
+
+
+def test_a_private_folder_opened_up_is_closed_again_and_a_dry_run_says_so_first(tmp_path: Path) -> None:
+    root = tmp_path / "srv"
+    lay_out(root, AGENT)
+    os.chmod(root / "private", 0o755)
+    dry = lay_out(root, AGENT, dry_run=True)
+    assert dry.changes == [f"chmod {root / 'private'} 0755 -> 0750"]
+    assert stat.S_IMODE(os.lstat(root / "private").st_mode) == 0o755, "a dry run changes nothing"
+    assert lay_out(root, AGENT).changes == dry.changes
+    assert stat.S_IMODE(os.lstat(root / "private").st_mode) == 0o750
+    assert f"create {tmp_path / 'new' / 'private'}" in lay_out(tmp_path / "new", AGENT, dry_run=True).changes
 
 
 def test_an_earlier_layout_moves_in_place_and_serves_the_same_release_through_both_paths(tmp_path: Path) -> None:
@@ -152,9 +165,14 @@ def test_status_as_root_reads_no_file_the_agent_pointed_elsewhere(tmp_path: Path
             (root / "shared" / name).symlink_to(secret)
         else:
             os.mkfifo(root / "shared" / name)  # a reader that followed it would block forever
+    if plant == "symlink":
+        (root / "private" / "data.json").symlink_to(secret)
+    else:
+        os.mkfifo(root / "private" / "data.json")
     report = commands.status(argparse.Namespace(root=str(root), data=True))
     assert report.data is not None and report.data["current"] == second
     assert "secret" not in str(report.data)
+    assert str(root / "private" / "data.json") in report.data["private"]["error"]
     assert str(root / "shared" / "data.json") in report.data["data"]["error"]
     assert str(root / "shared" / "applied.json") in report.data["applied"]["error"]
 
