@@ -116,9 +116,10 @@ class Agent:
     def shared(self) -> Path:
         return self.root / "shared"
 
-    def start(self) -> Agent:
+    def start(self, prefix: tuple[str, ...] = ()) -> Agent:
+        """Run the agent (behind prefix: a command that execs it, such as systemd-socket-activate)."""
         self._log_handle = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process' life
-        self.process = subprocess.Popen(agent_command(self.config), stdout=self._log_handle,
+        self.process = subprocess.Popen([*prefix, *agent_command(self.config)], stdout=self._log_handle,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, cwd=REPO)
         return self
 
