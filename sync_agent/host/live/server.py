@@ -180,6 +180,8 @@ class LiveServer:
             await self._serve(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:  # stop(): the connection's own task ends here; asyncio's stream callback
+            pass  # would log a cancelled handler as an error
         finally:
             self.connections -= 1
             if task is not None:
