@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +28,8 @@ from sync_agent.protocol import PUBLISHER_USER, Keys, agent_acl_rules, agent_use
 from sync_agent.stream import write_stream
 from tests.builds import make_build
 from tests.servers import new_store
+
+from .sse_client import Stream
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "ff"
@@ -361,3 +365,41 @@ def publisher_env(fresh_redis, tmp_path):
     return {"FRONTFLEET_REDIS_URL": f"redis://{PUBLISHER_USER}@{fresh_redis.host}:{fresh_redis.port}/0",
             "FRONTFLEET_REDIS_PASSWORD_FILE": str(password_file), "FRONTFLEET_NAMESPACE": "ff",
             "PATH": "/usr/bin:/bin"}
+
+
+# --- the live stream ------------------------------------------------------------------------------------
+
+
+class Live:
+    """Agents with the live stream on, each on its own socket, and the streams the test opened (closed after it)."""
+
+    def __init__(self, fleet: Fleet, folder: Path) -> None:
+        self.fleet = fleet
+        self.folder = folder
+        self.streams: list[Stream] = []
+
+    def socket(self, host: str) -> Path:
+        return self.folder / f"{host}.sock"
+
+    def agent(self, host: str, start: bool = True, **live: Any) -> Agent:
+        return self.fleet.agent(host, start=start, extra={"live": {"socket": str(self.socket(host)), **live}})
+
+    def stream(self, host: str, last_event_id: str | None = None, **options: Any) -> Stream:
+        path = self.socket(host)
+        eventually(path.exists, what=f"{path} is there")
+        page = Stream(path, last_event_id, **options)
+        self.streams.append(page)
+        return page.open()
+
+
+@pytest.fixture
+def live(fleet: Fleet) -> Iterator[Live]:
+    """A short folder for the sockets (a unix socket path holds at most 107 bytes; pytest's tmp_path is long)."""
+    folder = Path(tempfile.mkdtemp(prefix="ff-live-", dir="/tmp"))
+    helper = Live(fleet, folder)
+    try:
+        yield helper
+    finally:
+        for page in helper.streams:
+            page.close()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -5,53 +5,15 @@ from __future__ import annotations
 
 import shutil
 import socket
-import tempfile
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import Agent, Fleet, eventually, stage
+from .conftest import eventually, stage
 from .sse_client import Event, Stream
 
 pytestmark = pytest.mark.integration
-
-
-class Live:
-    """Agents with the live stream on, each on its own socket, and the streams the test opened (closed after it)."""
-
-    def __init__(self, fleet: Fleet, folder: Path) -> None:
-        self.fleet = fleet
-        self.folder = folder
-        self.streams: list[Stream] = []
-
-    def socket(self, host: str) -> Path:
-        return self.folder / f"{host}.sock"
-
-    def agent(self, host: str, start: bool = True, **live: Any) -> Agent:
-        return self.fleet.agent(host, start=start, extra={"live": {"socket": str(self.socket(host)), **live}})
-
-    def stream(self, host: str, last_event_id: str | None = None, **options: Any) -> Stream:
-        path = self.socket(host)
-        eventually(path.exists, what=f"{path} is there")
-        page = Stream(path, last_event_id, **options)
-        self.streams.append(page)
-        return page.open()
-
-
-@pytest.fixture
-def live(fleet: Fleet) -> Iterator[Live]:
-    """A short folder for the sockets (a unix socket path holds at most 107 bytes; pytest's tmp_path is long)."""
-    folder = Path(tempfile.mkdtemp(prefix="ff-live-", dir="/tmp"))
-    helper = Live(fleet, folder)
-    try:
-        yield helper
-    finally:
-        for page in helper.streams:
-            page.close()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def event_id(change: Any) -> str:
