@@ -381,8 +381,10 @@ class Live:
     def socket(self, host: str) -> Path:
         return self.folder / f"{host}.sock"
 
-    def agent(self, host: str, start: bool = True, **live: Any) -> Agent:
-        return self.fleet.agent(host, start=start, extra={"live": {"socket": str(self.socket(host)), **live}})
+    def agent(self, host: str, start: bool = True, port: int | None = None, **live: Any) -> Agent:
+        """An agent with [live] on (port: Redis' port to use, e.g. a proxy's); live: more [live] keys."""
+        return self.fleet.agent(host, start=start, port=port,
+                                extra={"live": {"socket": str(self.socket(host)), **live}})
 
     def stream(self, host: str, last_event_id: str | None = None, **options: Any) -> Stream:
         path = self.socket(host)

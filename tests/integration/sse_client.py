@@ -82,6 +82,19 @@ class Stream:
             if "data" in fields:
                 return Event(fields.get("event", "message"), fields.get("id"), json.loads(fields["data"]))
 
+    def read_comments(self, timeout: float = 0.5) -> list[str]:
+        """Read what has come (comments only, an event is an error here) and return every comment so far."""
+        try:
+            self._read(timeout)
+        except TimeoutError:
+            return self.comments
+        while b"\n\n" in self._buffer:
+            block, _, self._buffer = self._buffer.partition(b"\n\n")
+            for line in block.decode().split("\n"):
+                assert line.startswith(":"), f"an event where only comments were expected: {block!r}"
+                self.comments.append(line[1:].strip())
+        return self.comments
+
     def events(self, count: int, timeout: float = 10.0) -> list[Event]:
         return [self.next(timeout) for _ in range(count)]
 

@@ -211,3 +211,28 @@ def test_the_agent_serves_on_a_socket_that_systemd_passes_it(fleet, live):
     assert "from systemd" in agent.log()
     assert agent.stop() == 0
     assert path.exists()  # the socket unit's, not the agent's to remove
+
+
+def test_a_page_that_comes_from_a_host_further_on_waits_for_this_host_to_get_there(fleet, live, proxy):
+    ahead, behind = live.agent("web1"), live.agent("web2", port=proxy.port)
+    seen = fleet.store.data_set("a", "1")
+    for agent in (ahead, behind):
+        fleet.wait_revision(agent, seen.revision)
+    proxy.freeze()  # web2's subscription stops; its probe notices within a second and it reconnects
+    change = fleet.store.data_set("a", "2")
+    fleet.wait_revision(ahead, change.revision)
+    assert int(fleet.status("web2")["revision"]) < change.revision
+    page = live.stream("web2", event_id(change))  # the page read the change on web1, then moved to web2
+    first = page.next()
+    assert first.type == "release" and first.id == event_id(change)  # nothing it has again, no snapshot
+    assert any(c.startswith("ring:") and "once this host reached" in c for c in page.comments), page.comments
+    follow = fleet.store.data_set("b", "3")
+    assert page.next().id == event_id(follow)
+
+
+def test_idle_streams_get_a_ping_comment_every_heartbeat(fleet, live):
+    agent = live.agent("web1", heartbeat=0.2)
+    fleet.wait_revision(agent, fleet.store.data_set("a", "1").revision)
+    page = live.stream("web1")
+    page.next()
+    eventually(lambda: page.read_comments() and "ping" in page.comments, timeout=5, what="a ping")

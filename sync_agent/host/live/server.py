@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -244,6 +245,7 @@ class LiveServer:
             resume = self.state.plan(last_event_id)
             if resume.how is How.WAIT:
                 return Resume(How.SNAPSHOT, f"this host did not reach the id's revision in {WAIT_AHEAD:g}s")
+            resume = dataclasses.replace(resume, why=f"{resume.why}, once this host reached revision {target}")
         if resume.how is How.STORE and resume.client is not None:
             record = await self._store_record()
             if record is None:
