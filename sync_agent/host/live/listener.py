@@ -17,7 +17,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 LISTEN_FDS_START = 3  # SD_LISTEN_FDS_START
-BACKLOG = 1024
+BACKLOG = socket.SOMAXCONN  # as a .socket unit's default Backlog=: a restarted agent has every page back at once
 SOCKET_MODE = 0o660  # a socket the agent binds itself: its user and group (give nginx's user the group)
 
 

@@ -26,7 +26,7 @@ from ..config import LiveOptions
 from ..shared_data import ReleaseInfo
 from .http import MAX_HEAD_BYTES, Request, parse_request, response_head, text_response
 from .hub import How, LiveState, Resume, StoreRecord
-from .listener import open_listener
+from .listener import BACKLOG, open_listener
 from .sse import PING, comment, retry
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,10 @@ class LiveServer:
     async def start(self) -> None:
         sock, bound = open_listener(self.options.socket)
         self._bound = self.options.socket if bound else None
-        self._server = await asyncio.start_unix_server(self._connected, sock=sock, limit=MAX_HEAD_BYTES)
+        # asyncio listens again with its own backlog (100 unless told): a full backlog refuses a unix connect at once
+        # (nginx answers 502), so keep the one the socket was made with.
+        self._server = await asyncio.start_unix_server(self._connected, sock=sock, limit=MAX_HEAD_BYTES,
+                                                       backlog=BACKLOG)
         self._fanout_task = asyncio.create_task(self._fanout(), name="live-fanout")
         log.info("live stream on %s (%s), at most %d clients", sock.getsockname() or self.options.socket,
                  "bound by the agent" if bound else "from systemd", self.options.max_clients)
