@@ -3,12 +3,15 @@ socket, as nginx would pass it on."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import threading
 from typing import Any
 
 import pytest
+
+from sync_agent.snapshot import Point
 
 from .conftest import eventually, stage
 from .sse_client import Event, Stream
@@ -236,3 +239,30 @@ def test_idle_streams_get_a_ping_comment_every_heartbeat(fleet, live):
     page = live.stream("web1")
     page.next()
     eventually(lambda: page.read_comments() and "ping" in page.comments, timeout=5, what="a ping")
+
+
+def test_open_pages_get_a_snapshot_when_the_host_follows_a_recovered_store(fleet, live, fresh_redis):
+    agent = live.agent("web1")
+    old = fleet.store.data_set("old", "1")
+    fleet.wait_revision(agent, old.revision)
+    page = live.stream("web1")
+    assert page.next().body["data"] == {"old": 1}
+    fresh_redis.restart(kill=True)  # Redis lost everything; fab recover rebuilds the store from the hosts
+    fleet.recreate_users()
+    applied = Point.from_json(json.loads((agent.shared / "applied.json").read_text()))
+    recovered = fleet.store.seed("recover", applied, {"old": "1", "new": "2"}, replace=True)
+    event = page.next(timeout=20)
+    assert event.type == "snapshot" and event.body["data"] == {"old": 1, "new": 2}
+    assert event.body["epoch"] == recovered.epoch != old.epoch and event.id == event_id(recovered)
+    again = live.stream("web1", event_id(old))  # a page that comes back with an id of the epoch before
+    assert again.next().type == "snapshot" and any("epoch" in c for c in again.comments), again.comments
+
+
+def test_a_request_head_too_large_is_refused(fleet, live):
+    agent = live.agent("web1")
+    fleet.wait_revision(agent, fleet.store.data_set("a", "1").revision)
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(5)
+        conn.connect(str(live.socket("web1")))
+        conn.sendall(b"GET /_sync/events HTTP/1.1\r\nX-Big: " + b"x" * 10_000 + b"\r\n\r\n")
+        assert conn.recv(4096).startswith(b"HTTP/1.1 431 ")
