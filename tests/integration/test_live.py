@@ -266,3 +266,11 @@ def test_a_request_head_too_large_is_refused(fleet, live):
         conn.connect(str(live.socket("web1")))
         conn.sendall(b"GET /_sync/events HTTP/1.1\r\nX-Big: " + b"x" * 10_000 + b"\r\n\r\n")
         assert conn.recv(4096).startswith(b"HTTP/1.1 431 ")
+
+
+def test_an_agent_whose_live_socket_cannot_open_runs_without_it(fleet, live):
+    agent = fleet.agent("web1", extra={"live": {"socket": str(live.folder / "missing" / "web1.sock")}})
+    change = fleet.store.data_set("a", "1")
+    fleet.wait_revision(agent, change.revision)
+    fleet.wait_data(agent, {"a": 1})
+    assert "cannot open the live stream" in agent.log() and "running without it" in agent.log()
