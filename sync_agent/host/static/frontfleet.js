@@ -59,6 +59,7 @@ if (isWorker) {  // the shared worker: one stream, every tab's port
     port.onmessage = (m) => {
       if (m.data.t === "bye") { ports.delete(port); return; }
       if (m.data.t !== "open") return;
+      ports.add(port);  // again, for a page back from the back-forward cache
       if (s.release !== undefined) port.postMessage(s.state());
       if (started) return;
       started = true;
@@ -82,10 +83,11 @@ export const release = () => local.release;
 
 function receive(m) {
   const before = local.release;
-  for (const k of local.apply(m)) {
+  const changed = local.apply(m);
+  for (const k of changed) {
     for (const cb of keyed.get(k) || []) cb(local.data[k], k);
   }
-  if (everyKey.size) for (const cb of everyKey) cb(local.data);
+  if (changed.length) for (const cb of everyKey) cb(local.data);
   const now = local.release;
   if (now === undefined || (before !== undefined && (before && before.id) === (now && now.id))) return;
   if (pageRelease === undefined) pageRelease = now ? now.id : null;
@@ -116,16 +118,10 @@ export function start(opts = {}) {
   const env = globalThis.__ENV__;
   if (env && typeof env.release === "string") pageRelease = env.release;
   if (options.notice) noticeText = options.notice === true ? "A new version ({label}) is live." : options.notice;
-  if (options.shared && typeof SharedWorker !== "undefined") {
-    try {
-      const worker = new SharedWorker(new URL(import.meta.url), { type: "module", name: NAME });
-      worker.port.onmessage = (e) => receive(e.data);
-      worker.port.postMessage({ t: "open", url: new URL(options.url, location.href).href });
-      addEventListener("pagehide", () => worker.port.postMessage({ t: "bye" }));
-      return;
-    } catch (err) { /* no module workers here: elect a leader instead */ }
-  }
-  if (options.shared && typeof BroadcastChannel !== "undefined" && navigator.locks) {
+  const alone = () => stream(options.url, receive, local.id);
+  if (!options.shared) return alone();
+  const elect = () => {
+    if (typeof BroadcastChannel === "undefined" || !navigator.locks) return alone();
     const channel = new BroadcastChannel(NAME);
     let leader = false;
     channel.onmessage = (e) => {
@@ -138,9 +134,19 @@ export function start(opts = {}) {
       return new Promise(() => {});  // held until this tab goes away; then the next tab takes over
     });
     channel.postMessage({ t: "hello" });
-    return;
+  };
+  if (typeof SharedWorker === "undefined") return elect();
+  try {
+    const worker = new SharedWorker(new URL(import.meta.url), { type: "module", name: NAME });
+    const open = { t: "open", url: new URL(options.url, location.href).href };
+    worker.onerror = () => { worker.onerror = null; elect(); };  // the module worker did not load
+    worker.port.onmessage = (e) => receive(e.data);
+    worker.port.postMessage(open);
+    addEventListener("pagehide", () => worker.port.postMessage({ t: "bye" }));
+    addEventListener("pageshow", (e) => { if (e.persisted) worker.port.postMessage(open); });
+  } catch (err) {
+    elect();  // no module workers here: elect a leader instead
   }
-  stream(options.url, receive);
 }
 
 /** Call cb(value, key) now (when the value is known) and whenever key changes; "*" calls cb(data) on every
