@@ -1,6 +1,9 @@
-// Runs sync_agent/host/static/frontfleet.js in node against an agent's unix socket, as one tab with its own stream
-// (shared: false), and prints what its callbacks receive, one JSON line each. EventSource is the few lines of it
-// the client uses: events by type, lastEventId, Last-Event-ID on its own reconnects, CLOSED after a refusal.
+// Runs sync_agent/host/static/frontfleet.js in node against an agent's unix socket and prints what its callbacks
+// receive, one JSON line each. MODE=tab: one tab with its own stream (shared: false). MODE=tabs: two tabs (two
+// instances of the module) sharing one stream through a leader: node has BroadcastChannel; the Web Locks API is
+// faked (the first request holds the lock; "handover" on stdin grants it to the next, as when the leader's tab
+// closes). EventSource is the few lines of it the client uses: events by type, lastEventId, Last-Event-ID on its
+// own reconnects, CLOSED after a refusal; each one opened prints {"opened": its query}.
 import http from "node:http";
 
 const socketPath = process.env.LIVE_SOCKET;
@@ -15,6 +18,7 @@ class EventSource {
     this.readyState = EventSource.CONNECTING;
     this.listeners = {};
     this.lastEventId = "";
+    out({ opened: this.url.search });
     this.connect();
   }
 
@@ -76,9 +80,24 @@ globalThis.self = globalThis;
 globalThis.location = { href: "http://web/" };
 globalThis.__ENV__ = { release: process.env.PAGE_RELEASE };
 
-const out = (line) => process.stdout.write(JSON.stringify(line) + "\n");
-const live = await import(process.env.CLIENT);
-live.start({ shared: false, url: "/_sync/events" });
-live.subscribe("banner", (value) => out({ banner: value ?? null }));
-live.subscribe("*", (all) => out({ keys: Object.keys(all).sort() }));
-live.onRelease((now, before) => out({ release: now, before }));
+function out(line) { process.stdout.write(JSON.stringify(line) + "\n"); }
+
+if (process.env.MODE === "tabs") {
+  const waiting = [];
+  let held = false;
+  Object.defineProperty(globalThis, "navigator", { value: { locks: { request(name, granted) {
+    if (held) waiting.push(granted); else { held = true; granted(); }
+    return new Promise(() => {});
+  } } } });
+  process.stdin.on("data", () => { const next = waiting.shift(); if (next) next(); });
+  for (const tab of [1, 2]) {
+    const live = await import(`${process.env.CLIENT}?tab=${tab}`);  // a module instance per tab
+    live.subscribe("banner", (value) => out({ tab, banner: value ?? null }));
+  }
+} else {
+  const live = await import(process.env.CLIENT);
+  live.start({ shared: false, url: "/_sync/events" });
+  live.subscribe("banner", (value) => out({ banner: value ?? null }));
+  live.subscribe("*", (all) => out({ keys: Object.keys(all).sort() }));
+  live.onRelease((now, before) => out({ release: now, before }));
+}

@@ -17,7 +17,7 @@ import pytest
 
 from sync_agent.host.shared_data import CLIENT_SOURCE
 
-from .conftest import stage
+from .conftest import eventually, stage
 
 pytestmark = pytest.mark.integration
 
@@ -28,12 +28,12 @@ NODE = shutil.which("node")
 class Page:
     """node running the client; lines() are its callbacks' calls, in order."""
 
-    def __init__(self, socket_path: Path, page_release: str) -> None:
+    def __init__(self, socket_path: Path, page_release: str = "", mode: str = "tab") -> None:
         assert NODE is not None
         env = {**os.environ, "LIVE_SOCKET": str(socket_path), "CLIENT": CLIENT_SOURCE.as_uri(),
-               "PAGE_RELEASE": page_release}
-        self.process = subprocess.Popen([NODE, str(HARNESS)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        env=env, text=True)
+               "PAGE_RELEASE": page_release, "MODE": mode}
+        self.process = subprocess.Popen([NODE, str(HARNESS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, env=env, text=True)
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -58,11 +58,17 @@ class Page:
             if call == wanted:
                 return seen
 
+    def tell(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
     def stop(self) -> None:
         self.process.kill()
         self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 @pytest.mark.skipif(NODE is None, reason="node is not installed")
@@ -90,3 +96,26 @@ def test_the_client_keeps_a_live_copy_resumes_across_an_agent_restart_and_report
         assert not [c for c in calls if "release" in c and c["release"]["id"] == one]
     finally:
         page.stop()
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+def test_two_tabs_share_one_stream_and_the_next_tab_resumes_it_when_the_leader_goes(fleet, live):
+    agent = live.agent("web1")
+    first = fleet.store.data_set("banner", '"one"')
+    fleet.wait_revision(agent, first.revision)
+    live.stream("web1").close()
+    tabs = Page(live.socket("web1"), mode="tabs")
+    try:
+        calls = tabs.until({"tab": 2, "banner": "one"})
+        assert {"tab": 1, "banner": "one"} in calls
+        assert [c for c in calls if "opened" in c] == [{"opened": ""}]  # one stream for both tabs
+        second = fleet.store.data_set("banner", '"two"')
+        calls = tabs.until({"tab": 2, "banner": "two"})
+        tabs.tell("handover")  # the leader's tab closes: the other one takes the lock and the stream
+        tabs.until({"opened": f"?last_event_id={second.epoch}%3A{second.revision}%3A{second.id}"})
+        eventually(lambda: f"with ring: from the ring after revision {second.revision}" in agent.log(),
+                   what="the stream resumed from the ring, not a snapshot")
+        fleet.store.data_set("banner", '"three"')
+        tabs.until({"tab": 2, "banner": "three"})
+    finally:
+        tabs.stop()

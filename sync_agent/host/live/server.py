@@ -231,6 +231,7 @@ class LiveServer:
         writer.write(start + body)
         client = _Client(writer.transport, self._seq)
         self.clients.add(client)
+        log.debug("a live stream starts (%d open) with %s: %s", len(self.clients), resume.how.value, resume.why)
         try:
             while await reader.read(4096):  # a client sends nothing after its request; EOF ends the stream
                 pass
