@@ -36,6 +36,7 @@ HEAD_TIMEOUT = 10.0  # seconds a connection may take to send its request head
 WAIT_AHEAD = 2.0  # seconds a client whose id is ahead of this host waits for the host to get there
 RETRY_MS = (1000, 3000)  # each stream's reconnect delay is drawn from this range: an agent restart spreads out
 FANOUT_SLICE = 256  # clients written to between two yields to the event loop
+STORE_RESUMES_KEPT = 64  # resumes from the store's log kept for the current point (pages at the same id share one)
 STREAM_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-store",
                   "X-Accel-Buffering": "no"}
 
@@ -84,6 +85,7 @@ class LiveServer:
         self._updated = asyncio.Event()  # set and replaced at every update: what a waiting client waits on
         self._record: StoreRecord | None = None  # the last read of the store's record, while it covers the point
         self._record_read: asyncio.Task[StoreRecord] | None = None
+        self._from_store: dict[Point, Resume] = {}  # resumes from the store at this point, by the page's id
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -121,6 +123,7 @@ class LiveServer:
         frames = self.state.update(point, data, changes, release)
         if frames:
             self._broadcast(frames)
+        self._from_store.clear()
         self._updated.set()
         self._updated = asyncio.Event()
 
@@ -254,7 +257,13 @@ class LiveServer:
             record = await self._store_record()
             if record is None:
                 return Resume(How.SNAPSHOT, "the store's log cannot be read now", resume.client)
-            return self.state.from_record(resume.client, record)
+            # The pages of a restarted agent come back with the same few ids: each is worked out once per point.
+            known = self._from_store.get(resume.client)
+            if known is None:
+                if len(self._from_store) >= STORE_RESUMES_KEPT:
+                    self._from_store.clear()
+                known = self._from_store[resume.client] = self.state.from_record(resume.client, record)
+            return known
         return resume
 
     async def _store_record(self) -> StoreRecord | None:
