@@ -189,3 +189,14 @@ def test_the_live_section_turns_the_stream_on_and_checks_its_keys() -> None:
                              ({"socket": "/" + "x" * 120}, "longer"), ({"socket": "/x", "heartbeat": -1}, "positive")):
         with pytest.raises(ConfigError, match=message):
             parse_config({**BASE, "live": section})
+
+
+def test_a_point_that_occurs_twice_resumes_from_its_first_entry() -> None:
+    ring = Ring(size=4)
+    ring.reset(point(0))
+    for entry in (Entry(point(1), b"a"), Entry(point(2), b"b"), Entry(point(2), b"c"), Entry(point(3), b"d")):
+        ring.append(entry)
+    assert ring.after(point(2)) == b"cd" and ring.after(point(3)) == b"" and ring.after(point(1)) == b"bcd"
+    ring.append(Entry(point(4), b"e"))  # evicts point 1: base
+    ring.append(Entry(point(5), b"f"))  # evicts the first entry of point 2: base again, the second is not indexed
+    assert ring.base == point(2) and ring.after(point(2)) == b"cdef" and ring.after(point(4)) == b"f"

@@ -54,7 +54,8 @@ class Entry:
 
 
 class Ring:
-    """The last changes sent live, bounded by count and bytes; base is the point before the first of them."""
+    """The last changes sent live, bounded by count and bytes; base is the point before the first of them. Each
+    point's first entry is indexed: every page of a host may come back at once, most at the newest point."""
 
     def __init__(self, size: int = RING_CHANGES, max_bytes: int = RING_BYTES) -> None:
         self.size = size
@@ -62,16 +63,23 @@ class Ring:
         self.entries: deque[Entry] = deque()
         self.base: Point | None = None
         self.bytes = 0
+        self._first = 0  # the position of entries[0] since the ring was reset
+        self._index: dict[Point, int] = {}  # point → the position of its first entry
 
     def reset(self, base: Point) -> None:
         self.entries.clear()
-        self.base, self.bytes = base, 0
+        self._index.clear()
+        self.base, self.bytes, self._first = base, 0, 0
 
     def append(self, entry: Entry) -> None:
+        self._index.setdefault(entry.point, self._first + len(self.entries))
         self.entries.append(entry)
         self.bytes += len(entry.frames)
         while self.entries and (len(self.entries) > self.size or self.bytes > self.max_bytes):
             oldest = self.entries.popleft()
+            if self._index.get(oldest.point) == self._first:
+                del self._index[oldest.point]  # a later entry of the same point is then reached through base
+            self._first += 1
             self.bytes -= len(oldest.frames)
             self.base = oldest.point
 
@@ -80,10 +88,11 @@ class Ring:
         points). A point that occurs twice resumes from the first: frames sent again apply again alike."""
         if point == self.base:
             return b"".join(entry.frames for entry in self.entries)
-        for index, entry in enumerate(self.entries):
-            if entry.point == point:
-                return b"".join(e.frames for e in list(self.entries)[index + 1:])
-        return None
+        position = self._index.get(point)
+        if position is None:
+            return None
+        newer = len(self.entries) - (position - self._first) - 1
+        return b"".join(self.entries[-count].frames for count in range(newer, 0, -1))
 
 
 def _chains(point: Point, changes: Sequence[Message], to: Point) -> bool:
