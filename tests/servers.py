@@ -72,7 +72,8 @@ class RedisServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"redis-server on {self.host}:{self.port} exited with {self.process.returncode}")
             try:
-                info = cast("dict[str, Any]", redis.Redis(host=self.host, port=self.port, socket_timeout=0.5).info())
+                with redis.Redis(host=self.host, port=self.port, socket_timeout=0.5) as probe:  # closed: no leak
+                    info = cast("dict[str, Any]", probe.info())
             except redis.ConnectionError:
                 info = {}
             if info.get("process_id") == self.process.pid:  # ours, not another server on the port

@@ -31,7 +31,7 @@ REQUIRES_PYTHON = ">=3.11"
 CONSOLE_SCRIPTS = ("sync-agent = sync_agent.cli:main",)
 SUMMARY = "Ship a frontend's static build to a fleet of web hosts and keep them in sync through Redis."
 # What the package holds besides its modules: pyproject.toml's package-data for sync_agent.
-DATA_SUFFIXES = (".py", ".typed", ".lua", ".json")
+DATA_SUFFIXES = (".py", ".typed", ".lua", ".json", ".js")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold
 _FILE_MODE = 0o100644 << 16  # a regular file, rw-r--r--
 

@@ -44,9 +44,10 @@ from ..snapshot import Snapshot
 from .bus import CONNECTION_ERRORS, Backoff, Bus, describe
 from .config import AgentConfig, load_config
 from .decisions import Verdict
+from .live import LiveServer, read_record
 from .notify import Notifier, watchdog_interval
 from .releases import PreparedSwitch
-from .shared_data import APPLIED_FILE, DATA_FILE, ReleaseInfo, SharedFiles
+from .shared_data import APPLIED_FILE, DATA_FILE, ReleaseInfo, SharedFiles, install_client
 from .state import AppliedState, Batch
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,7 @@ class Agent:
         self.should_exit = asyncio.Event()
         self.force_exit = False
         self._main_task: asyncio.Task[None] | None = None
+        self.live = LiveServer(config.live, config.host) if config.live is not None else None
 
     # --- state ----------------------------------------------------------------------------------
 
@@ -331,7 +333,18 @@ class Agent:
             self._render_due = True  # by _render_when_idle, after this batch or after the burst it is part of
         self._advance_ack()
         await self.ack(bus, now=switched)
+        if self.live is not None and (wrote or not batch.data) and self.applied.loaded and not self.applied.store_empty:
+            await self._feed_live(bus, batch)
         self._tell_systemd()
+
+    async def _feed_live(self, bus: Bus, batch: Batch) -> None:
+        """Hand the live stream what this host serves now that the batch's writes landed (a batch whose data.json
+        failed is handed over by its retry). The label costs a round trip once per release; the rest no await."""
+        point = self.applied.point
+        if point is None or self.live is None:
+            return
+        release = await self._release_info(bus)
+        self.live.update(point, self.applied.data, None if batch.resynced else batch.changes, release)
 
     # --- writes that must land before they are acknowledged -------------------------------------------------
 
@@ -401,13 +414,7 @@ class Agent:
 
     async def _render(self, bus: Bus) -> None:
         self._render_due = False
-        release: ReleaseInfo | None = None
-        if self.current is not None:
-            label = self._labels.get(self.current)
-            if label is None:
-                label = await bus.release_label(self.current)
-                self._labels[self.current] = label
-            release = ReleaseInfo(self.current, label)
+        release = await self._release_info(bus)
         before = (self.applied.acked, self.applied.errors.get("template"), self.applied.errors.get("write"))
         failures = self.shared.render(self.applied.data, release, self.applied.revision, self.applied.private)
         if failures:
@@ -422,6 +429,16 @@ class Agent:
         if (self.applied.acked, self.applied.errors.get("template"), self.applied.errors.get("write")) != before:
             await self.ack(bus)
             self._tell_systemd()
+
+    async def _release_info(self, bus: Bus) -> ReleaseInfo | None:
+        """The release `current` points at, with its label (read from the store once per release)."""
+        if self.current is None:
+            return None
+        label = self._labels.get(self.current)
+        if label is None:
+            label = await bus.release_label(self.current)
+            self._labels[self.current] = label
+        return ReleaseInfo(self.current, label)
 
     async def ack(self, bus: Bus, now: bool = False) -> None:
         """Report the applied state. After a switch, right away (before the templates); after data, through
@@ -455,6 +472,8 @@ class Agent:
         """Subscribe, resync, then consume until the connection fails (raises) or the agent stops."""
         await bus.open()
         await bus.sync_clock()
+        if self.live is not None:
+            self.live.store = lambda: read_record(bus.client, bus.keys)
         batch = Batch()
         snapshot = await self._read_snapshot(bus)
         if snapshot is not None:
@@ -578,6 +597,8 @@ class Agent:
                 self.applied.errors["session"] = f"the session failed and was restarted ({cause})"
             finally:
                 self.connected = False
+                if self.live is not None:
+                    self.live.store = None
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(bus.close(), CLOSE_SECONDS)
             if self.should_exit.is_set():
@@ -606,6 +627,18 @@ class Agent:
         if point is not None:
             log.info("applied before the restart: %s", point)
 
+    async def _start_live(self) -> None:
+        """Open the live stream's listener and put its browser client in shared/. A listener that cannot open
+        is logged and left off: the host still serves and follows the store, which matters more."""
+        if self.live is None:
+            return
+        try:
+            install_client(self.shared.shared_dir)
+            await self.live.start()
+        except OSError as err:
+            log.error("cannot open the live stream on %s, running without it: %s", self.live.options.socket, err)
+            self.live = None
+
     def _signal(self, signum: int) -> None:
         """First signal: stop gracefully. Second: force."""
         if self.should_exit.is_set():
@@ -633,6 +666,7 @@ class Agent:
         gc.freeze()  # what start-up built (modules, Jinja, redis-py) lives on: no full collection walks it again
         log.info("sync agent %s started for host %s: serving release %s from %s (degraded until the first "
                  "snapshot)", __version__, self.config.host, self.current or "-", self.root)
+        await self._start_live()
         helpers = []
         interval = watchdog_interval()
         if interval is not None:
@@ -649,6 +683,8 @@ class Agent:
             for task in (self._main_task, waiter, *helpers):
                 task.cancel()
             await asyncio.gather(self._main_task, waiter, *helpers, return_exceptions=True)
+            if self.live is not None:
+                await self.live.stop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
         if self._main_task.done() and not self._main_task.cancelled() and self._main_task.exception():

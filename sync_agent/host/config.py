@@ -48,7 +48,25 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
         "reconnect_min": ((int, float), False),
         "reconnect_max": ((int, float), False),
     },
+    "live": {
+        "socket": (str, False),
+        "max_clients": (int, False),
+        "ring": (int, False),
+        "heartbeat": ((int, float), False),
+        "client_buffer": (int, False),
+    },
 }
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    """The live stream's `[live]` section (docs/configuration.md): on when `socket` is set."""
+
+    socket: Path
+    max_clients: int = 10_000
+    ring: int = 1024  # changes kept in memory for clients that reconnect
+    heartbeat: float = 15.0  # seconds between `: ping` comments on every stream
+    client_buffer: int = 1024 * 1024  # unsent bytes past which a client has fallen behind and is dropped
 
 
 @dataclass(frozen=True)
@@ -72,6 +90,7 @@ class AgentConfig:
     probe_timeout: float = 10.0  # unless set: twice the probe interval, at least 1 s
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
+    live: LiveOptions | None = None  # the live stream, off unless [live] socket is set
 
     @property
     def shared_dir(self) -> Path:
@@ -94,7 +113,7 @@ def _default(name: str) -> Any:
 
 def _check_type(name: str, value: Any, kind: type | tuple[type, ...]) -> None:
     if isinstance(value, bool) or not isinstance(value, kind):
-        wanted = "a number" if kind == (int, float) else "a string"
+        wanted = {(int, float): "a number", int: "an integer"}.get(kind, "a string")
         raise ConfigError(f"{name} must be {wanted}, got {value!r}")
 
 
@@ -179,6 +198,7 @@ def parse_config(body: dict[str, Any], source: str = "config") -> AgentConfig:
     if reconnect_max < reconnect_min:
         raise ConfigError(f"{source}: intervals.reconnect_max ({reconnect_max}) is below "
                           f"intervals.reconnect_min ({reconnect_min})")
+    live = _live_options(values, source)
     probe = seconds.get("intervals.probe", _default("probe"))
     probe_timeout = seconds.get("intervals.probe_timeout", max(2 * probe, 1.0))
     return AgentConfig(
@@ -199,7 +219,31 @@ def parse_config(body: dict[str, Any], source: str = "config") -> AgentConfig:
         probe_timeout=probe_timeout,
         reconnect_min=reconnect_min,
         reconnect_max=reconnect_max,
+        live=live,
     )
+
+
+def _live_options(values: dict[str, Any], source: str) -> LiveOptions | None:
+    """The [live] section, checked; None (the stream off) when it names no socket."""
+    if "live.socket" not in values:
+        extra = sorted(key for key in values if key.startswith("live."))
+        if extra:
+            raise ConfigError(f"{source}: {extra[0]} is set but live.socket is not (the stream is on only with it)")
+        return None
+    path = Path(values["live.socket"])
+    if not path.is_absolute():
+        raise ConfigError(f"{source}: live.socket must be an absolute path, got {str(path)!r}")
+    if len(str(path).encode()) > 107:
+        raise ConfigError(f"{source}: live.socket is longer than a unix socket path may be (107 bytes)")
+    numbers: dict[str, Any] = {}
+    for key in ("max_clients", "ring", "client_buffer"):
+        if f"live.{key}" in values:
+            if values[f"live.{key}"] < 1:
+                raise ConfigError(f"{source}: live.{key} must be at least 1, got {values[f'live.{key}']!r}")
+            numbers[key] = values[f"live.{key}"]
+    if "live.heartbeat" in values:
+        numbers["heartbeat"] = _positive(f"{source}: live.heartbeat", values["live.heartbeat"])
+    return LiveOptions(path, **numbers)
 
 
 def load_config(path: str | Path) -> AgentConfig:

@@ -72,6 +72,23 @@ def replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
     finally:
         temp.unlink(missing_ok=True)  # after the exchange: the old content
 
+CLIENT_FILE = "frontfleet.js"  # the live stream's browser client, served beside data.json as /_sync/frontfleet.js
+CLIENT_SOURCE = Path(__file__).parent / "static" / CLIENT_FILE
+
+
+def install_client(shared_dir: Path) -> None:
+    """Put the browser client of the live stream into shared/, as the agent that serves the stream ships it (a
+    page and its stream never come from two versions); left alone when it is there already."""
+    body = CLIENT_SOURCE.read_bytes()
+    target = shared_dir / CLIENT_FILE
+    try:
+        if target.read_bytes() == body:
+            return
+    except FileNotFoundError:
+        pass
+    replace_file(target, body)
+
+
 DATA_FILE = "data.json"
 PRIVATE_DATA_FILE = "data.json"  # in private/: every private key and value, for `sync-agent status --data` (recovery)
 PRIVATE_MODE = 0o640  # the files of private/: the agent's user and group (a service that needs them joins the group)

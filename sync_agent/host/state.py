@@ -45,6 +45,7 @@ class Batch:
     resynced: bool = False
     snapshot_read: bool = False  # an event made this batch read the snapshot: it reads it at most once
     switch_at: int | None = None  # the last release event's deadline (µs, Redis' clock); None: switch at once
+    changes: list[Message] = field(default_factory=list)  # the events applied, in order (for the live stream)
 
 
 @dataclass
@@ -67,6 +68,7 @@ class AppliedState:
     private: dict[str, Any] = field(default_factory=dict)
     desired: Desired = field(default_factory=Desired)
     synced: bool = False  # a snapshot was applied since the process started
+    loaded: bool = False  # data and desired came from a snapshot this process followed (not an empty or refused one)
     store_empty: bool = False
     errors: dict[str, str] = field(default_factory=dict)
     acked: tuple[str | None, int] = (None, 0)
@@ -120,6 +122,7 @@ class AppliedState:
             batch.release = True
             batch.switch_at = message.switch_at
         self.revision, self.change_id = message.revision, message.id
+        batch.changes.append(message)
         if message.id is not None:
             self.known[message.revision] = message.id
             if len(self.known) > LOG_LENGTH:  # revisions go in rising (a snapshot's log, then rev + 1 each):
@@ -173,7 +176,7 @@ class AppliedState:
         self.data = dict(snapshot.data)
         self.private = dict(snapshot.private)
         self.desired = snapshot.desired
-        self.synced = True
+        self.synced = self.loaded = True
         batch.data = batch.private = batch.release = True
         batch.switch_at = None  # a snapshot's release is due already
         return True

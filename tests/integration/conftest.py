@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +28,8 @@ from sync_agent.protocol import PUBLISHER_USER, Keys, agent_acl_rules, agent_use
 from sync_agent.stream import write_stream
 from tests.builds import make_build
 from tests.servers import new_store
+
+from .sse_client import Stream
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "ff"
@@ -116,9 +120,10 @@ class Agent:
     def shared(self) -> Path:
         return self.root / "shared"
 
-    def start(self) -> Agent:
+    def start(self, prefix: tuple[str, ...] = ()) -> Agent:
+        """Run the agent (behind prefix: a command that execs it, such as systemd-socket-activate)."""
         self._log_handle = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process' life
-        self.process = subprocess.Popen(agent_command(self.config), stdout=self._log_handle,
+        self.process = subprocess.Popen([*prefix, *agent_command(self.config)], stdout=self._log_handle,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, cwd=REPO)
         return self
 
@@ -241,6 +246,7 @@ def fleet(fresh_redis: Any, tmp_path: Path) -> Iterator[Fleet]:
             text = agent.log()
             print(f"--- {agent.host} log ---\n{text}")  # shown by pytest when the test failed
             refused += [line for line in text.splitlines() if "NOPERM" in line or "Traceback" in line]
+        admin.close()  # its connections, also one a Redis restart left dead: a socket left to the GC warns
         assert not refused, f"an agent sent a command its ACL user may not run, or crashed: {refused[:3]}"
 
 
@@ -360,3 +366,43 @@ def publisher_env(fresh_redis, tmp_path):
     return {"FRONTFLEET_REDIS_URL": f"redis://{PUBLISHER_USER}@{fresh_redis.host}:{fresh_redis.port}/0",
             "FRONTFLEET_REDIS_PASSWORD_FILE": str(password_file), "FRONTFLEET_NAMESPACE": "ff",
             "PATH": "/usr/bin:/bin"}
+
+
+# --- the live stream ------------------------------------------------------------------------------------
+
+
+class Live:
+    """Agents with the live stream on, each on its own socket, and the streams the test opened (closed after it)."""
+
+    def __init__(self, fleet: Fleet, folder: Path) -> None:
+        self.fleet = fleet
+        self.folder = folder
+        self.streams: list[Stream] = []
+
+    def socket(self, host: str) -> Path:
+        return self.folder / f"{host}.sock"
+
+    def agent(self, host: str, start: bool = True, port: int | None = None, **live: Any) -> Agent:
+        """An agent with [live] on (port: Redis' port to use, e.g. a proxy's); live: more [live] keys."""
+        return self.fleet.agent(host, start=start, port=port,
+                                extra={"live": {"socket": str(self.socket(host)), **live}})
+
+    def stream(self, host: str, last_event_id: str | None = None, **options: Any) -> Stream:
+        path = self.socket(host)
+        eventually(path.exists, what=f"{path} is there")
+        page = Stream(path, last_event_id, **options)
+        self.streams.append(page)
+        return page.open()
+
+
+@pytest.fixture
+def live(fleet: Fleet) -> Iterator[Live]:
+    """A short folder for the sockets (a unix socket path holds at most 107 bytes; pytest's tmp_path is long)."""
+    folder = Path(tempfile.mkdtemp(prefix="ff-live-", dir="/tmp"))
+    helper = Live(fleet, folder)
+    try:
+        yield helper
+    finally:
+        for page in helper.streams:
+            page.close()
+        shutil.rmtree(folder, ignore_errors=True)

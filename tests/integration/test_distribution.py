@@ -35,7 +35,8 @@ def test_the_distribution_carries_the_package_the_collection_and_both_commands(d
     collection = {f"{COLLECTION}/{name}" for name in (
         "galaxy.yml", "playbooks/deploy.yml", "playbooks/rollback.yml", "roles/frontfleet/defaults/main.yml",
         "roles/sync_agent/files/templates/env.js.j2", "plugins/filter/frontfleet_acl.py")}
-    assert collection | {"sync_agent/control/fabtasks.py", "sync_agent/control/host-wheels.lock.json"} <= names
+    assert collection | {"sync_agent/control/fabtasks.py", "sync_agent/control/host-wheels.lock.json",
+                         "sync_agent/host/live/server.py", "sync_agent/host/static/frontfleet.js"} <= names
     assert "frontfleet = sync_agent.cli:frontfleet_main" in entry_points
     assert "sync-agent = sync_agent.cli:main" in entry_points
 

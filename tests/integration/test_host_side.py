@@ -66,8 +66,8 @@ def test_every_host_module_imports_without_the_control_side(host_venv: Path) -> 
                             capture_output=True, text=True, cwd=host_venv)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert {"sync_agent.host.agent", "sync_agent.host.staging", "sync_agent.layout", "sync_agent.cli"} <= set(
-        report["imported"])
+    assert {"sync_agent.host.agent", "sync_agent.host.staging", "sync_agent.host.live", "sync_agent.layout",
+            "sync_agent.cli"} <= set(report["imported"])
     assert report["control_side_loaded"] == []
 
 
@@ -81,3 +81,11 @@ def test_the_host_commands_run_from_the_host_install(host_venv: Path, tmp_path: 
         assert shown.returncode == 0 and "--config" in shown.stdout, shown.stderr
     missing = subprocess.run([agent, "run", "--config", str(tmp_path / "none.toml")], capture_output=True, text=True)
     assert missing.returncode == 2 and "cannot read the config file" in missing.stderr
+
+
+def test_the_host_install_carries_the_live_streams_browser_client(host_venv: Path) -> None:
+    read = "from sync_agent.host.shared_data import CLIENT_SOURCE; print(CLIENT_SOURCE.read_text())"
+    shipped = subprocess.run([str(host_venv / "bin" / "python"), "-I", "-c", read], capture_output=True, text=True,
+                             cwd=host_venv)
+    assert shipped.returncode == 0, shipped.stderr
+    assert "export function subscribe" in shipped.stdout

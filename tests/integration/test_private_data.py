@@ -1,6 +1,7 @@
 """Private shared data against a real Redis and real agents (issue 20; docs/configuration.md, "Private data"): a
 private value reaches the private templates and nothing that is served, logged or recorded; an agent of the pinned
-earlier commit skips it and writes nothing of it; export/import and a recovery from what a host holds carry it."""
+earlier commit skips it and writes nothing of it; the live stream never carries it; export/import and a recovery
+from what a host holds carry it."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ from sync_agent.control.datafile import checked_values
 from sync_agent.control.recover import Held
 from sync_agent.errors import EXIT_USAGE
 
-from .conftest import KEYS, Agent, Fleet, eventually
+from .conftest import KEYS, Agent, Fleet, Live, eventually
 from .test_data_file import run
 from .test_history import earlier_controller  # noqa: F401 - the pinned commit's package, a fixture
+from .test_live import data_events, event_id
 
 pytestmark = pytest.mark.integration
 
@@ -171,3 +173,29 @@ def test_export_import_and_a_recovery_from_a_host_round_trip_private_keys(
     eventually(lambda: fleet.status("web1")["state"] == "ready", what="web1 follows the recovered store")
     assert fleet.store.private_list() == {"upstream_token": SECRET}
     assert SECRET in upstream(agent) and agent.data() == {"mode": "live"}
+
+
+def test_the_live_stream_carries_no_private_key_live_or_on_a_resume(fleet: Fleet, live: Live) -> None:
+    agent = live.agent("web1", ring=2)
+    fleet.store.data_set("upstream_token", json.dumps(SECRET), private=True)
+    seen = fleet.store.data_set("mode", '"a"')
+    fleet.wait_revision(agent, seen.revision)
+    page = live.stream("web1")
+    events = [page.next()]
+    assert events[0].type == "snapshot" and events[0].body["data"] == {"mode": "a"}
+    fleet.store.data_set("upstream_token", json.dumps(SECRET + "-2"), private=True)
+    last = fleet.store.data_set("mode", '"b"')
+    events.append(page.next())  # the private change sends nothing; the next frame is the public one
+    assert (events[-1].type, events[-1].body["key"], events[-1].id) == ("data", "mode", event_id(last))
+    page.close()
+
+    for n in range(3):  # more private changes than the ring (2) holds: the resume reads the store's record
+        fleet.store.data_set("upstream_token", json.dumps(f"{SECRET}-{n}"), private=True)
+    after = fleet.store.data_set("mode", '"c"')
+    fleet.wait_revision(agent, after.revision)
+    again = live.stream("web1", event_id(last))
+    resumed = again.events(2)
+    assert data_events(resumed[:1]) == [("set", "mode", "c")] and resumed[1].type == "release"
+    assert any(c.startswith("store:") for c in again.comments), again.comments  # replayed, not a snapshot
+    seen_by_pages = repr([(e.type, e.id, e.body) for e in events + resumed]) + repr(page.comments + again.comments)
+    assert SECRET not in seen_by_pages and "upstream_token" not in seen_by_pages
