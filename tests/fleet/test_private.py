@@ -5,13 +5,16 @@ tests/integration/test_private_data.py."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.fleet.deployment import Deployment, wait_until
-from tests.fleet.fab_builds import fab_json
+from tests.fleet.fab_builds import Builds, fab_json, rollout
 from tests.fleet.helpers import wait_fab_status
 
 pytestmark = [pytest.mark.fleet, pytest.mark.timeout(600)]
@@ -42,12 +45,37 @@ def private_template(deployed: Deployment) -> Iterator[None]:
             deployed.ssh(host, f"rm -f {TEMPLATE} {ROOT}/private/upstream.conf", check=False)
 
 
+def live_stream_start(deployed: Deployment, host: str, seconds: float = 3.0) -> bytes:
+    """The first bytes a page reads from /_sync/events through nginx (the snapshot), for a few seconds at most."""
+    connection = http.client.HTTPConnection(deployed.address(host), timeout=seconds)
+    try:
+        connection.request("GET", "/_sync/events", headers={"Accept": "text/event-stream"})
+        response = connection.getresponse()
+        assert response.status == 200, f"{host} /_sync/events answered {response.status}"
+        body, deadline = b"", time.monotonic() + seconds
+        while b"event: snapshot" not in body or not body.endswith(b"\n\n"):
+            if time.monotonic() > deadline:
+                break
+            body += response.read1(65536)
+        return body
+    finally:
+        connection.close()
+
+
+def serving_one_release(deployed: Deployment, tmp_path: Path) -> None:
+    """`fab recover` takes the release every web host serves: roll one out when the fleet has none yet (this file
+    run alone)."""
+    if any(not deployed.status_of(host).get("release") for host in deployed.web_hosts):
+        rollout(deployed, Builds.create(tmp_path, "private").a)
+
+
 def rendered(deployed: Deployment, host: str) -> str:
     return deployed.ssh(host, f"cat {ROOT}/private/upstream.conf", check=False)
 
 
 def test_a_private_value_reaches_every_hosts_private_file_and_no_served_byte_and_survives_recover(
-        deployed: Deployment, private_template: None) -> None:
+        deployed: Deployment, private_template: None, tmp_path: Path) -> None:
+    serving_one_release(deployed, tmp_path)
     made = fab_json(deployed, "data-set", "--private", KEY, json.dumps(SECRET))
     assert made["private"] is True
     for host in deployed.web_hosts:
@@ -63,6 +91,8 @@ def test_a_private_value_reaches_every_hosts_private_file_and_no_served_byte_and
             if path == "/_sync/":
                 assert status in (301, 403, 404), f"{host} lists /_sync/ ({status})"
         assert KEY not in deployed.env_js(host)["data"]
+        stream = live_stream_start(deployed, host)
+        assert b"event: snapshot" in stream and SECRET.encode() not in stream and KEY.encode() not in stream
 
     listed = deployed.fab("data-list")
     assert listed.returncode == 0 and SECRET not in listed.stdout and f"{KEY} (private" in listed.stdout
