@@ -48,6 +48,8 @@ SUBNET = os.environ.get("FRONTFLEET_TEST_UPGRADE_SUBNET", "127.0.31")
 AGENT_VENV = "/opt/sync-agent"
 AGENT_WHEELS = "/opt/sync-agent-wheels"
 ROOT = "/srv/fleettest"  # the release root of frontfleet_app fleettest (tests/fleet/deployment.py)
+#: A private value set while the old agents run (issue 20): they skip its event and must write it nowhere.
+PRIVATE_VALUE = "upgrade-private-7d2e91c4"
 #: Bounds of the background load: longer than the steps it covers take (about a minute), far below the timeouts.
 LOAD_SECONDS = 300
 LOAD_REQUESTS = 60_000
@@ -147,17 +149,24 @@ def distributions(deployment: Deployment, host: str) -> dict[str, str]:
 @pytest.mark.timeout(480)
 def test_old_agents_keep_syncing_against_the_new_control_plane(old_fleet: Deployment, old_checkout: Path) -> None:
     """Controllers first: with only the controller upgraded, `fab data-set` and `fab status` of this checkout
-    work against the old agents, which apply the change and serve it."""
+    work against the old agents, which apply the change and serve it. A private key set meanwhile is an event type
+    they skip: nothing of it lands on their disk or in their journal."""
     new = replace(old_fleet, checkout=REPO)
     old_agent = wheel_files(old_wheel(old_checkout))
     for host in new.web_hosts:
         assert installed_files(new, host) == old_agent, f"{host} does not run the old commit's agent"
+    fab_json(new, "data-set", "--private", "upgrade_token", json.dumps(PRIVATE_VALUE))
     value = {"text": "set by the new controller", "at": time.time()}
-    fab_json(new, "data-set", "middle", json.dumps(value))
+    fab_json(new, "data-set", "middle", json.dumps(value))  # the old agents meet a gap: they read the snapshot
     for host in new.web_hosts:
         wait_until(partial(data_on, new, host, "middle", value), timeout=10,
                    what=f"{host}'s old agent serving the new controller's data change")
         assert data_on(new, host, "banner", {"text": "set by the old controller"})
+        journal = new.ssh(host, "journalctl -u sync-agent --no-pager -o cat")
+        assert "unknown message type 'private'" in journal, f"{host}'s old agent did not skip the private event"
+        assert PRIVATE_VALUE not in journal
+        written = new.ssh(host, f"grep -rl {PRIVATE_VALUE} {ROOT} /etc/sync-agent || true")
+        assert written.strip() == "", f"{host}'s old agent wrote the private value: {written}"
     code, rows = status_json(new)
     assert code == 0, f"fab status of the new controller against the old agents: {rows}"
 
@@ -204,7 +213,7 @@ def test_the_installed_package_upgrades_old_agents_in_place_without_a_failed_req
         dists = {host: distributions(new, host) for host in hosts}
         upgraded_pids = {host: agent_pid(new, host) for host in hosts}
         statuses = {host: new.status_of(host) for host in hosts}
-        layouts = {host: new.ssh(host, f"cd {ROOT} && stat -c '%n %U' . releases pool live shared && "
+        layouts = {host: new.ssh(host, f"cd {ROOT} && stat -c '%n %U' . releases pool live shared private && "
                                        "readlink live/current current") for host in hosts}
         load.phase = "fab data-set"
         fab_json(new, "data-set", "after", json.dumps(value))
@@ -229,7 +238,7 @@ def test_the_installed_package_upgrades_old_agents_in_place_without_a_failed_req
         assert statuses[host]["release"] == release, f"{host} reports {statuses[host]['release']}, not {release}"
         # the earlier layout (the agent owned the root, current sat in it) moved in place: root's tree, agent's links
         assert layouts[host].split("\n") == [
-            ". root", "releases root", "pool root", "live sync-agent", "shared sync-agent",
+            ". root", "releases root", "pool root", "live sync-agent", "shared sync-agent", "private sync-agent",
             f"../releases/{release}", "live/current"], f"{host}'s release root after the upgrade: {layouts[host]}"
         # one agent wheel on the host, byte-identical to the one this checkout writes (two controllers, one file)
         assert shipped[host].split() == [checkout_sha, f"{AGENT_WHEELS}/{checkout_wheel.name}"], shipped[host]
@@ -243,6 +252,8 @@ def test_the_installed_package_upgrades_old_agents_in_place_without_a_failed_req
         else:  # the pinned commit has this checkout's agent: nothing to upgrade, nothing to restart
             assert upgraded_pids[host] == pids[host]
     assert rolled["release"] == release_id(new, builds.b) and rolled["previous"] == release
+    for host in hosts:  # the private key set under the old agents: the upgraded ones read it from the snapshot
+        assert PRIVATE_VALUE in new.ssh(host, f"cat {ROOT}/private/data.json"), f"{host} lacks the private key"
     assert_fleet_serves(new, builds.b)
     # `fab status` as the team runs it in its folder: the inventory from the ansible.cfg that init wrote
     env = {key: value for key, value in new.env().items() if key != "ANSIBLE_INVENTORY"}
