@@ -138,6 +138,13 @@ def test_the_stores_record_gives_the_keys_changed_since_or_why_it_cannot() -> No
     assert "reach back" in str(keys_changed_between(point(2), point(6), other))  # an entry of another history
 
 
+def test_a_private_change_in_the_stores_record_names_no_key_and_needs_no_snapshot() -> None:
+    changes = [{"what": "private set", "key": "token", "private": True, "rev": 3, "id": cid(3)},
+               {"what": "data set", "key": "a", "rev": 4, "id": cid(4)},
+               {"what": "private del", "key": "token", "private": True, "rev": 5, "id": cid(5)}]
+    assert keys_changed_between(point(2), point(5), record(range(0, 6), changes)) == {"a"}
+
+
 def test_a_resume_from_the_store_sends_current_values_then_the_release() -> None:
     state = started({"a": 1, "b": 2}, revision=2)
     state.update(point(6), {"a": 9}, None, V1)
