@@ -228,7 +228,7 @@ def test_the_installed_package_upgrades_old_agents_in_place_without_a_failed_req
         assert served[host] == [], f"{host} no longer serves the release it had: {served[host][:5]}"
         assert statuses[host]["release"] == release, f"{host} reports {statuses[host]['release']}, not {release}"
         # the earlier layout (the agent owned the root, current sat in it) moved in place: root's tree, agent's links
-        assert layouts[host].split("\n") == [
+        assert layouts[host].strip().split("\n") == [
             ". root", "releases root", "pool root", "live sync-agent", "shared sync-agent",
             f"../releases/{release}", "live/current"], f"{host}'s release root after the upgrade: {layouts[host]}"
         # one agent wheel on the host, byte-identical to the one this checkout writes (two controllers, one file)
