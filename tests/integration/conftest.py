@@ -206,15 +206,18 @@ class Fleet:
             agent.start()
         return agent
 
-    def status(self, host: str) -> dict[str, str]:
-        return self.admin.hgetall(KEYS.status(host))
+    def status(self, host: str) -> dict[str, Any]:
+        """What the agent reports (NS:host:<host>, JSON), {} before it reported."""
+        import json
 
-    def wait_revision(self, agent: Agent, revision: int, timeout: float = 10.0) -> dict[str, str]:
+        return dict(json.loads(self.admin.get(KEYS.host(host)) or "{}"))
+
+    def wait_revision(self, agent: Agent, revision: int, timeout: float = 10.0) -> dict[str, Any]:
         epoch = self.admin.get(KEYS.epoch)
 
-        def caught_up() -> dict[str, str] | None:
+        def caught_up() -> dict[str, Any] | None:
             status = self.status(agent.host)
-            if status.get("epoch") == epoch and int(status.get("revision", "0")) >= revision:
+            if status.get("epoch") == epoch and int(status.get("revision", 0)) >= revision:
                 return status
             return None
 

@@ -1,4 +1,4 @@
-"""Waiting for acknowledgements and reading the fleet's status, from status hashes agents write."""
+"""Waiting for acknowledgements and reading the fleet's status, from the statuses agents write."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ pytestmark = pytest.mark.integration
 
 
 def report(store: Store, host: str, release: str, revision: int, epoch: str, heartbeat: float = 5.0) -> None:
-    """Write a status hash the way an agent does, with seen_at from Redis' clock."""
+    """Write a status the way an agent does, with seen_at from Redis' clock."""
     status = HostStatus(release=release, revision=revision, epoch=epoch, state="ready",
                         seen_at=store.server_time(), heartbeat=heartbeat, pid=1)
-    store.client.hset(store.keys.status(host), mapping=status.to_hash())
+    store.client.set(store.keys.host(host), status.to_json())
 
 
 def test_wait_returns_once_every_host_acknowledged(fresh_redis):
