@@ -378,8 +378,8 @@ def agent_acl_rules(keys: Keys, host: str) -> list[str]:
     """ACL SETUSER rules (without user name or password) for host's agent.
 
     The root permissions read the namespace, SET the host's own status key
-    (`NS:host:<host>`, nothing else can write it) and subscribe to the events channel and the host's probe channel. Redis'
-    `&channel` allows publish and subscribe alike, so PUBLISH lives in a
+    (`NS:host:<host>`; it can write nothing else) and subscribe to the events
+    channel and the host's probe channel. Redis' `&channel` allows publish and subscribe alike, so PUBLISH lives in a
     selector (Redis 7) limited to the probe channel.
     """
     probe = keys.probe(host)

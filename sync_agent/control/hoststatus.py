@@ -2,9 +2,10 @@
 
 Agents SET their status (`NS:host:<host>`, one JSON value) right after every
 switch and apply, and on a heartbeat; an agent from before that key writes the
-hash `NS:status:<host>`, read when the new key is missing (docs/upgrading.md). `seen_at` comes from Redis' own clock, so a host is silent
-when Redis' clock says its last heartbeat is older than three heartbeats —
-no clock on a host or the controller is trusted.
+hash `NS:status:<host>`, read when the new key is missing (docs/upgrading.md).
+`seen_at` comes from Redis' own clock, so a host is silent when Redis' clock
+says its last heartbeat is older than three heartbeats — no clock on a host or
+the controller is trusted.
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ def read_statuses(store: Store, hosts: Iterable[str]) -> tuple[dict[str, HostSta
     names = list(hosts)
     pipe = store.client.pipeline(transaction=False)
     for host in names:  # read as bytes: what a host wrote need not be UTF-8, and must not fail the whole read
-        pipe.execute_command("GET", store.keys.host(host), NEVER_DECODE=True)
-        pipe.execute_command("HGETALL", store.keys.status(host), NEVER_DECODE=True)
+        pipe.execute_command("GET", store.keys.host(host), NEVER_DECODE=True)  # type: ignore[no-untyped-call]
+        pipe.execute_command("HGETALL", store.keys.status(host), NEVER_DECODE=True)  # type: ignore[no-untyped-call]
     pipe.time()
     results = store.call(pipe.execute)
     seconds, micros = results[-1]
