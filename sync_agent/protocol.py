@@ -362,14 +362,14 @@ def parse_message(raw: bytes | str) -> Message:
 # --- ACL rules, generated from the key and channel names above ----------------------------------
 
 # What an agent may run, by purpose. Key and channel patterns restrict the arguments.
-_AGENT_CONNECTION = ("+hello", "+ping", "+client|id", "+select", "+auth", "+quit",
+_AGENT_CONNECTION = ("+ping", "+client|id", "+select", "+auth", "+quit",
                      "+reset", "+time")
 _AGENT_READ = ("+get", "+mget", "+hget", "+hgetall", "+hmget", "+lrange", "+llen", "+exists", "+multi", "+exec",
                "+discard")
 # SET alone: one string value, replaced whole, so what an agent stores is capped by Redis' proto-max-bulk-len. No
 # HSET/APPEND/SETRANGE (a value that grows), no DEL/RENAME/EXPIRE; SET's GET option needs a read rule on the key
-# that this selector's %W~ does not give. CLIENT SETNAME is not granted: a name is client memory Redis counts
-# nowhere (the agent sets none).
+# that this selector's %W~ does not give. Neither CLIENT SETNAME nor HELLO (which can set a name too): a client's
+# name is memory that maxmemory-clients does not count (Redis 7.0); the agent speaks RESP2 and names no client.
 _AGENT_STATUS_WRITE = ("+set",)
 _AGENT_SUBSCRIBE = ("+subscribe", "+unsubscribe")
 

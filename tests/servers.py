@@ -38,6 +38,8 @@ class RedisServer:
     port: int = 0
     binary: str = "redis-server"
     maxclients: int | None = None
+    #: more redis-server options, e.g. the redis role's memory limits (tests/redis_role.py)
+    options: tuple[str, ...] = ()
     #: socket_timeout of the clients from client(); None waits for ever.
     client_timeout: float | None = None
     process: subprocess.Popen[bytes] | None = None
@@ -55,7 +57,7 @@ class RedisServer:
         extra = ["--maxclients", str(self.maxclients)] if self.maxclients is not None else []
         self.process = subprocess.Popen(
             [self.binary, "--bind", self.host, "--port", str(self.port), "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir), "--daemonize", "no", "--loglevel", "warning", *extra],
+             "--dir", str(self.workdir), "--daemonize", "no", "--loglevel", "warning", *extra, *self.options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
         )
         try:

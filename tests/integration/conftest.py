@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import select
@@ -234,7 +235,14 @@ class Fleet:
 @pytest.fixture
 def fleet(fresh_redis: Any, tmp_path: Path) -> Iterator[Fleet]:
     admin = fresh_redis.client()
-    group = Fleet(tmp_path, fresh_redis.host, fresh_redis.port, admin, new_store(admin, NAMESPACE))
+    with agents_on(Fleet(tmp_path, fresh_redis.host, fresh_redis.port, admin, new_store(admin, NAMESPACE))) as group:
+        yield group
+
+
+@contextlib.contextmanager
+def agents_on(group: Fleet) -> Iterator[Fleet]:
+    """The fleet's agents stopped on the way out; their logs printed (pytest shows them when the test failed), and
+    a NOPERM or a traceback in any of them fails the test."""
     try:
         yield group
     finally:
