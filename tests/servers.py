@@ -125,6 +125,11 @@ def new_store(client: redis.Redis, namespace: str, **options: Any) -> Any:
     return store
 
 
+def resp_command(*args: bytes) -> bytes:
+    """One request in RESP, as a client sends it (split_command reads it back)."""
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args)
+
+
 def split_command(buffer: bytes) -> tuple[list[bytes], bytes] | None:
     """The first whole RESP command in buffer (its arguments, the bytes after it), None until it is all there."""
     end = buffer.find(b"\r\n")

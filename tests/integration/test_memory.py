@@ -36,6 +36,7 @@ from tests.integration.conftest import (
 )
 from tests.redis_role import memory_settings, server_arguments
 from tests.servers import RedisServer, new_store
+from tests.servers import resp_command as command
 
 pytestmark = pytest.mark.integration
 
@@ -91,11 +92,6 @@ class Store:
     def attacker_connections(self) -> int:
         return len([client for client in self.admin.client_list() if client["user"] == agent_user(ATTACKER)])
 
-
-
-def command(*args: bytes) -> bytes:
-    """One RESP request."""
-    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args)
 
 
 @pytest.fixture
