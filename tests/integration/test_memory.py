@@ -114,7 +114,7 @@ def assert_the_store_goes_on(store: Store) -> dict[str, int]:
     """The publisher, the deploy lock and another agent work; used memory stayed within maxmemory. Returns the
     memory figures (bytes) for the record."""
     change = store.fleet.store.data_set("after", '"the attack"')
-    store.fleet.wait_revision(store.other, change.revision)
+    store.fleet.wait_revision(store.other, change.revision, timeout=30)  # 7 MiB of data.json per batch, busy cores
     lock = DeployLock(store.publisher, NAMESPACE)
     token = lock.acquire("rollout after the attack")
     assert lock.info().holder == "rollout after the attack"
@@ -220,7 +220,8 @@ def test_a_subscriber_that_stops_reading_is_disconnected(store: Store) -> None:
     time.sleep(0.2)
     for n in range(200):  # 200 events of 100 KiB: past the pubsub hard limit (8 MiB) and what sockets buffer
         store.fleet.store.data_set("banner", '"' + str(n % 10) * (100 * 1024) + '"')
-    eventually(lambda: store.attacker_connections() == 0, what="the subscriber that stopped reading disconnected")
+    eventually(lambda: store.attacker_connections() == 0, timeout=30,
+               what="the subscriber that stopped reading disconnected")
     sock.close()
     assert_the_store_goes_on(store)
 
