@@ -467,11 +467,11 @@ class HostStatus:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> HostStatus:
-        """Parse what an agent wrote, as hostile input: anything but a JSON object of at most MAX_STATUS_BYTES is
-        a ProtocolError; unknown fields are ignored, a field of the wrong type takes its default (as from_hash)."""
+        """Parse what an agent wrote, as hostile input: anything but a JSON object of at most MAX_STATUS_BYTES
+        (nested at most MAX_DEPTH) is a ProtocolError; unknown fields are ignored, a field of the wrong type takes its default (as from_hash)."""
         if len(raw) > MAX_STATUS_BYTES:
             raise ProtocolError(f"its status is {len(raw)} bytes, over the {MAX_STATUS_BYTES} a status may have")
-        body = load_json(raw, max_depth=1)
+        body = load_json(raw)  # a later agent's field may be an object: ignored, as every unknown field
         if not isinstance(body, dict):
             raise ProtocolError("its status is not a JSON object")
         values: dict[str, Any] = {}
