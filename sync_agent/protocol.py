@@ -468,7 +468,8 @@ class HostStatus:
     @classmethod
     def from_json(cls, raw: bytes | str) -> HostStatus:
         """Parse what an agent wrote, as hostile input: anything but a JSON object of at most MAX_STATUS_BYTES
-        (nested at most MAX_DEPTH) is a ProtocolError; unknown fields are ignored, a field of the wrong type takes its default (as from_hash)."""
+        (nested at most MAX_DEPTH) is a ProtocolError; unknown fields are ignored, a field of the wrong type takes
+        its default (as from_hash)."""
         if len(raw) > MAX_STATUS_BYTES:
             raise ProtocolError(f"its status is {len(raw)} bytes, over the {MAX_STATUS_BYTES} a status may have")
         body = load_json(raw)  # a later agent's field may be an object: ignored, as every unknown field

@@ -29,7 +29,8 @@ def test_the_agent_cuts_a_long_error_so_its_status_stays_small() -> None:
 
 
 def test_fields_of_the_wrong_type_take_their_defaults_and_unknown_ones_are_ignored() -> None:
-    status = HostStatus.from_json('{"release": 5, "revision": "42", "pid": true, "seen_at": 3, "future": {"later": [1]}}')
+    status = HostStatus.from_json('{"release": 5, "revision": "42", "pid": true, "seen_at": 3, '
+                                  '"future": {"later": [1]}}')
     assert (status.release, status.revision, status.pid, status.seen_at) == ("", 0, 0, 3.0)
 
 
