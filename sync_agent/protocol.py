@@ -362,8 +362,9 @@ def parse_message(raw: bytes | str) -> Message:
 # --- ACL rules, generated from the key and channel names above ----------------------------------
 
 # What an agent may run, by purpose. Key and channel patterns restrict the arguments.
-_AGENT_CONNECTION = ("+ping", "+client|id", "+select", "+auth", "+quit",
-                     "+reset", "+time")
+# No SELECT: the key patterns hold in every database, so each of them would give an agent one more status key.
+# Agents use database 0 (redis-py sends no SELECT for it).
+_AGENT_CONNECTION = ("+ping", "+client|id", "+auth", "+quit", "+reset", "+time")
 _AGENT_READ = ("+get", "+mget", "+hget", "+hgetall", "+hmget", "+lrange", "+llen", "+exists", "+multi", "+exec",
                "+discard")
 # SET alone: one string value, replaced whole, so what an agent stores is capped by Redis' proto-max-bulk-len. No

@@ -328,6 +328,8 @@ CONFIG_ERRORS = {
                     "redis": {"url": "redis://127.0.0.1:6379", "urll": "x"}}, "unknown key redis.urll"),
     "redis.url": ({"agent": {"host": "web1", "release_root": "/srv/ff"}, "redis": {"url": "http://example"}},
                   "redis.url must be"),
+    "redis.url database": ({"agent": {"host": "web1", "release_root": "/srv/ff"},
+                            "redis": {"url": "redis://127.0.0.1:6379/3"}}, "redis.url names database '3'"),
     "intervals.probe": ({"agent": {"host": "web1", "release_root": "/srv/ff"},
                          "redis": {"url": "redis://127.0.0.1:6379"}, "intervals": {"probe": "fast"}},
                         "intervals.probe must be a number"),

@@ -152,6 +152,7 @@ def test_the_test_redis_has_the_roles_limits(store: Store) -> None:
     ("DEL", STATUS_KEY),
     ("RPUSH", STATUS_KEY, "x"),
     ("CLIENT", "SETNAME", "x" * 1000),
+    ("SELECT", "1"),  # another database, another status key of the same name
 ], ids=lambda args: " ".join(str(arg)[:12] for arg in args[:2]))
 def test_an_agent_credential_sets_its_own_status_and_writes_nothing_else(store: Store, args: tuple[str, ...]) -> None:
     attacker = store.attacker()
