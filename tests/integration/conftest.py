@@ -257,7 +257,7 @@ def agents_on(group: Fleet) -> Iterator[Fleet]:
             text = agent.log()
             print(f"--- {agent.host} log ---\n{text}")  # shown by pytest when the test failed
             refused += [line for line in text.splitlines() if "NOPERM" in line or "Traceback" in line]
-        admin.close()  # its connections, also one a Redis restart left dead: a socket left to the GC warns
+        group.admin.close()  # its connections, also one a Redis restart left dead: a socket left to the GC warns
         assert not refused, f"an agent sent a command its ACL user may not run, or crashed: {refused[:3]}"
 
 
