@@ -63,7 +63,7 @@ SWITCH_YIELD = 0.001
 COALESCE_FACTOR = 10.0
 COALESCE_MIN = 0.005
 COALESCE_MAX = 0.5
-STATUS_EVERY = 0.05  # data-only acknowledgements: at most one HSET per this many seconds (a switch acks at once)
+STATUS_EVERY = 0.05  # data-only acknowledgements: at most one status SET per this many seconds (a switch acks at once)
 DRAIN_SECONDS = 0.5  # how long a stop waits for the batch being applied before it cancels
 CLOSE_SECONDS = 0.3  # closing a dead connection must not hold up a reconnect or a stop
 WRITE_RETRY_MIN = 0.2  # a write the filesystem refused (disk full, read-only) is retried after this, doubling…
@@ -431,7 +431,7 @@ class Agent:
 
     async def ack(self, bus: Bus, now: bool = False) -> None:
         """Report the applied state. After a switch, right away (before the templates); after data, through
-        the status writer, so the next batch need not wait for the round trip and a burst costs a few HSETs."""
+        the status writer, so the next batch need not wait for the round trip and a burst costs a few SETs."""
         if now or not self._status_writer_running:
             await self.write_status(bus)
         else:
@@ -445,15 +445,15 @@ class Agent:
                 self._status_wanted.clear()
                 async with asyncio.timeout(self.config.command_timeout):  # no inner task to outlive a stop
                     await self.write_status(bus)
-                await asyncio.sleep(STATUS_EVERY)  # what arrives meanwhile goes in the next HSET
+                await asyncio.sleep(STATUS_EVERY)  # what arrives meanwhile goes in the next SET
         finally:
             self._status_writer_running = False
 
     async def write_status(self, bus: Bus, clock: bool = False) -> None:
-        """HSET the status hash; seen_at is Redis' clock (TIME on heartbeats, estimated from it in between)."""
+        """SET the status key; seen_at is Redis' clock (TIME on heartbeats, estimated from it in between)."""
         async with self._status_lock:
             seen_at = await bus.sync_clock() if clock else bus.server_now()
-            await bus.write_status(self.host_status(seen_at).to_hash())
+            await bus.write_status(self.host_status(seen_at).to_json())
 
     # --- one connection -------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The sync agent as users meet it: a subprocess under its ACL user, files on disk, its status hash, its log."""
+"""The sync agent as users meet it: a subprocess under its ACL user, files on disk, its status in Redis, its log."""
 
 from __future__ import annotations
 
@@ -328,6 +328,8 @@ CONFIG_ERRORS = {
                     "redis": {"url": "redis://127.0.0.1:6379", "urll": "x"}}, "unknown key redis.urll"),
     "redis.url": ({"agent": {"host": "web1", "release_root": "/srv/ff"}, "redis": {"url": "http://example"}},
                   "redis.url must be"),
+    "redis.url database": ({"agent": {"host": "web1", "release_root": "/srv/ff"},
+                            "redis": {"url": "redis://127.0.0.1:6379/3"}}, "redis.url names database '3'"),
     "intervals.probe": ({"agent": {"host": "web1", "release_root": "/srv/ff"},
                          "redis": {"url": "redis://127.0.0.1:6379"}, "intervals": {"probe": "fast"}},
                         "intervals.probe must be a number"),
@@ -438,5 +440,5 @@ def test_agent_in_a_namespace_never_touches_another(fleet):
     agent = fleet.agent("web1")
     change = fleet.store.data_set("k", "1")
     fleet.wait_revision(agent, change.revision)
-    assert fleet.admin.keys("*status*") == [f"{NAMESPACE}:status:web1"]
+    assert fleet.admin.keys(f"{NAMESPACE}:host:*") == [f"{NAMESPACE}:host:web1"]
     assert "NOPERM" not in agent.log()
