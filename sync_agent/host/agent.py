@@ -35,6 +35,7 @@ from ..errors import (
     FrontfleetError,
     ProtocolError,
     SnapshotRefused,
+    UnsafePath,
 )
 from ..layout import CURRENT, current_release, live_dir, previous_release
 from ..protocol import HostStatus, Message, parse_message
@@ -609,7 +610,7 @@ class Agent:
         dropped: the agent then starts as a new host would (any snapshot that vouches for itself)."""
         try:
             point, left = self.shared.read_applied()
-        except (OSError, ValueError, ProtocolError) as err:
+        except (OSError, ValueError, ProtocolError, UnsafePath) as err:  # a symlink or FIFO planted there too
             log.error("cannot read %s (%s): starting as a new host would", self.shared.shared_dir / APPLIED_FILE, err)
             return
         self.applied.restore(point, left)
