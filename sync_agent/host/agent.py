@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Collection, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -38,6 +38,7 @@ from ..errors import (
     FrontfleetError,
     ProtocolError,
     SnapshotRefused,
+    UnsafePath,
 )
 from ..layout import CURRENT, current_release, live_dir, previous_release
 from ..protocol import HostStatus, Message, parse_message
@@ -171,9 +172,9 @@ async def _first_of(tasks: Collection[asyncio.Task[Any]]) -> None:
             raise error
 
 
-async def _wait_for_deadline(bus: Bus, switch_at: int, release: str) -> float:
-    """Sleep until switch_at (µs, Redis' clock) on this host's clock corrected by its offset to Redis; returns the
-    seconds it slept on the event loop (a wait the probe excuses, see _Probes.overdue).
+async def _wait_for_deadline(bus: Bus, switch_at: int, release: str,
+                             sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+    """Sleep until switch_at (µs, Redis' clock) on this host's clock corrected by its offset to Redis.
 
     A deadline already passed returns at once; one absurdly far ahead is capped. The last few ms block in
     time.sleep: the event loop wakes up to a millisecond late, which alone would spread the fleet's switches."""
@@ -181,20 +182,17 @@ async def _wait_for_deadline(bus: Bus, switch_at: int, release: str) -> float:
     log.debug("switch to %s at switch_at %d, in %.3f ms", release, switch_at, remaining * 1e3)
     if remaining <= 0:
         log.info("switch to %s is %.1f ms past its switch_at: switching now", release, -remaining * 1e3)
-        return 0.0
+        return
     if remaining > MAX_SWITCH_WAIT:
         log.warning("switch_at of release %s is %.1fs ahead (clock skew?); switching in %gs instead", release,
                     remaining, MAX_SWITCH_WAIT)
         remaining = MAX_SWITCH_WAIT
     deadline = time.monotonic() + remaining
-    slept = 0.0
     if remaining > SWITCH_TAIL:
-        await asyncio.sleep(remaining - SWITCH_TAIL)
-        slept = remaining - SWITCH_TAIL
+        await sleep(remaining - SWITCH_TAIL)
     rest = deadline - time.monotonic()
     if rest > 0:
         time.sleep(rest)
-    return slept
 
 
 class Agent:
@@ -226,6 +224,7 @@ class Agent:
         self._last_systemd_status = ""
         self._busy = False  # a batch is being applied (a stop lets it finish)
         self._excused = 0.0  # seconds the probe's age leaves out: batches running, switch_at waits (_Probes.overdue)
+        self._sleeping_since: float | None = None  # loop time a switch_at wait began, while it lasts
         self._consuming = asyncio.Event()  # this session reads its subscription: the probe loop starts
         self.should_exit = asyncio.Event()
         self.force_exit = False
@@ -372,8 +371,7 @@ class Agent:
         try:
             prepared = PreparedSwitch(self.root, target)
             if switch_at is not None:
-                slept = await _wait_for_deadline(bus, switch_at, target)
-                self._excused += slept
+                await _wait_for_deadline(bus, switch_at, target, self._excused_sleep)
             result = prepared.commit()
             if switch_at is not None:
                 time.sleep(SWITCH_YIELD)
@@ -611,6 +609,20 @@ class Agent:
     def _excuse(self, seconds: float) -> None:
         self._excused += seconds
 
+    async def _excused_sleep(self, seconds: float) -> None:
+        """Sleep with the probe's age leaving the time out: a switch_at wait, when no message is read."""
+        loop = asyncio.get_running_loop()
+        self._sleeping_since = loop.time()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self._excused += loop.time() - self._sleeping_since
+            self._sleeping_since = None
+
+    def _excused_by(self, now: float) -> float:
+        """The excused seconds so far, a switch_at wait under way included."""
+        return self._excused + (now - self._sleeping_since if self._sleeping_since is not None else 0.0)
+
     async def _reconcile(self, bus: Bus) -> None:
         """Compare with the snapshot on a timer: catches anything missed, retries a switch that failed."""
         snapshot = await self._read_snapshot(bus)
@@ -645,7 +657,7 @@ class Agent:
         await self._consuming.wait()
         while True:
             token = str(next(self._probe_tokens)).encode()
-            self._probes.sent[token] = (loop.time(), self._excused)
+            self._probes.sent[token] = (loop.time(), self._excused_by(loop.time()))
             try:
                 async with asyncio.timeout(timeout):  # not wait_for: on Python 3.11 it can lose a cancellation
                     await bus.publish_probe(token)
@@ -653,7 +665,7 @@ class Agent:
                 raise ConnectionLost(f"the probe could not be published within {timeout:g}s") from err
             await asyncio.sleep(self.config.probe)
             now = loop.time()
-            overdue = self._probes.overdue(now, self._excused, timeout)
+            overdue = self._probes.overdue(now, self._excused_by(now), timeout)
             if overdue:
                 raise ConnectionLost(f"a probe did not come back within {timeout:g}s (out for {overdue:.1f}s): "
                                      "the subscription is dead")
@@ -704,7 +716,7 @@ class Agent:
         dropped: the agent then starts as a new host would (any snapshot that vouches for itself)."""
         try:
             point, left = self.shared.read_applied()
-        except (OSError, ValueError, ProtocolError) as err:
+        except (OSError, ValueError, ProtocolError, UnsafePath) as err:  # a symlink or FIFO planted there too
             log.error("cannot read %s (%s): starting as a new host would", self.shared.shared_dir / APPLIED_FILE, err)
             return
         self.applied.restore(point, left)
