@@ -15,6 +15,8 @@ system-deps:
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+	@# node runs the browser client's tests; a machine may have its own node, else Debian's
+	@command -v node >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs; }
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

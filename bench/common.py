@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from sync_agent.protocol import Keys, agent_acl_rules, agent_user
+from sync_agent.protocol import HostStatus, Keys, agent_acl_rules, agent_user
 from tests.servers import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,9 +202,10 @@ class AgentGroup:
             pipe = admin.pipeline(transaction=False)
             hosts = sorted(pending)
             for host in hosts:
-                pipe.hmget(KEYS.status(host), "state", "revision")
-            for host, (state, rev) in zip(hosts, pipe.execute(), strict=True):
-                if state == "ready" and rev is not None and int(rev) >= revision:
+                pipe.get(KEYS.host(host))
+            for host, raw in zip(hosts, pipe.execute(), strict=True):
+                status = HostStatus.from_json(raw) if raw else None
+                if status is not None and status.state == "ready" and status.revision >= revision:
                     pending.discard(host)
             dead = [a.host for a in agents if a.process is not None and a.process.poll() is not None]
             if dead:

@@ -30,6 +30,11 @@ MAX_DATA_BYTES = 8 * 1024 * 1024  # key + value bytes of the whole NS:data, chec
 LOG_LENGTH = 1024  # (revision, change id) pairs NS:log keeps, newest last (docs/protocol.md, "The change chain")
 CHANGES_LENGTH = 1000  # entries NS:changes (the record of who changed what) keeps, newest first
 REQUEST_TTL_MS = 24 * 3600 * 1000  # how long a release request's outcome is kept for its retries
+# A host's status (NS:host:<host>, compact JSON) is a few hundred bytes; the controller reads at most this much of it
+# as a status and shows a larger one as unreadable. Redis' proto-max-bulk-len (the redis role) caps what an agent
+# can store there at all; the publisher's largest single argument is a data value (MAX_VALUE_BYTES), under it.
+MAX_STATUS_BYTES = 64 * 1024
+MAX_STATUS_ERROR = 4000  # characters of the status' `error` an agent writes; a longer one is cut, marked with …
 
 # Release ids, data keys, host names and namespaces share one safe charset:
 # no "/", no "..", no leading "." — they become file names and key suffixes.
@@ -235,12 +240,14 @@ class Keys:
         """The outcome of one release request, kept REQUEST_TTL_MS for its retries ("abandoned": never made)."""
         return f"{self.namespace}:request:{request_id}"
 
-    def status(self, host: str) -> str:
-        return f"{self.namespace}:status:{validate_host(host)}"
+    def host(self, host: str) -> str:
+        """String, compact JSON: what the agent on host reports (HostStatus), written whole with SET."""
+        return f"{self.namespace}:host:{validate_host(host)}"
 
-    @property
-    def status_prefix(self) -> str:
-        return f"{self.namespace}:status:"
+    def status(self, host: str) -> str:
+        """The hash agents before the `NS:host:<host>` key wrote their status to; read as a fallback while such
+        an agent runs, removed once the host reports on its new key (docs/upgrading.md)."""
+        return f"{self.namespace}:status:{validate_host(host)}"
 
     @property
     def events(self) -> str:
@@ -355,20 +362,25 @@ def parse_message(raw: bytes | str) -> Message:
 # --- ACL rules, generated from the key and channel names above ----------------------------------
 
 # What an agent may run, by purpose. Key and channel patterns restrict the arguments.
-_AGENT_CONNECTION = ("+hello", "+ping", "+client|setname", "+client|id", "+select", "+auth", "+quit",
-                     "+reset", "+time")
+# No SELECT: the key patterns hold in every database, so each of them would give an agent one more status key.
+# Agents use database 0 (redis-py sends no SELECT for it).
+_AGENT_CONNECTION = ("+ping", "+client|id", "+auth", "+quit", "+reset", "+time")
 _AGENT_READ = ("+get", "+mget", "+hget", "+hgetall", "+hmget", "+lrange", "+llen", "+exists", "+multi", "+exec",
                "+discard")
-_AGENT_STATUS_WRITE = ("+hset", "+hdel")
+# SET alone: one string value, replaced whole, so what an agent stores is capped by Redis' proto-max-bulk-len. No
+# HSET/APPEND/SETRANGE (a value that grows), no DEL/RENAME/EXPIRE; SET's GET option needs a read rule on the key
+# that this selector's %W~ does not give. Neither CLIENT SETNAME nor HELLO (which can set a name too): a client's
+# name is memory that maxmemory-clients does not count (Redis 7.0); the agent speaks RESP2 and names no client.
+_AGENT_STATUS_WRITE = ("+set",)
 _AGENT_SUBSCRIBE = ("+subscribe", "+unsubscribe")
 
 
 def agent_acl_rules(keys: Keys, host: str) -> list[str]:
     """ACL SETUSER rules (without user name or password) for host's agent.
 
-    The root permissions read the namespace, write the host's own status key
-    and subscribe to the events channel and the host's probe channel. Redis'
-    `&channel` allows publish and subscribe alike, so PUBLISH lives in a
+    The root permissions read the namespace, SET the host's own status key
+    (`NS:host:<host>`; it can write nothing else) and subscribe to the events
+    channel and the host's probe channel. Redis' `&channel` allows publish and subscribe alike, so PUBLISH lives in a
     selector (Redis 7) limited to the probe channel.
     """
     probe = keys.probe(host)
@@ -376,7 +388,7 @@ def agent_acl_rules(keys: Keys, host: str) -> list[str]:
         "resetkeys", "resetchannels", "-@all",
         *_AGENT_CONNECTION, *_AGENT_READ, *_AGENT_STATUS_WRITE, *_AGENT_SUBSCRIBE,
         f"%R~{keys.namespace}:*",
-        f"%RW~{keys.status(host)}",
+        f"%W~{keys.host(host)}",
         f"&{keys.events}",
         f"&{probe}",
         f"({' '.join(('+publish', f'&{probe}'))})",
@@ -420,14 +432,14 @@ def acl_user(keys: Keys, host: str | None) -> tuple[str, list[str]]:
 
 
 
-# --- the per-host status hash ---------------------------------------------------------------------
+# --- the per-host status -------------------------------------------------------------------------
 
 SILENT_AFTER_HEARTBEATS = 3
 
 
 @dataclass(frozen=True)
 class HostStatus:
-    """What an agent reports in `<ns>:status:<host>` (a hash that never expires)."""
+    """What an agent reports in `<ns>:host:<host>`: this, as one compact JSON object (never expires)."""
 
     release: str = ""
     previous: str = ""
@@ -447,12 +459,38 @@ class HostStatus:
     resyncs: int = 0
     skipped: int = 0
 
-    def to_hash(self) -> dict[str, str]:
-        return {name: str(getattr(self, name)) for name in self.__dataclass_fields__}
+    def to_json(self) -> str:
+        """The value an agent SETs: compact JSON, its error cut to MAX_STATUS_ERROR characters."""
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        if len(self.error) > MAX_STATUS_ERROR:
+            fields["error"] = self.error[:MAX_STATUS_ERROR - 1] + "…"
+        return compact_json(fields)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> HostStatus:
+        """Parse what an agent wrote, as hostile input: anything but a JSON object of at most MAX_STATUS_BYTES
+        (nested at most MAX_DEPTH) is a ProtocolError; unknown fields are ignored, a field of the wrong type takes
+        its default (as from_hash)."""
+        if len(raw) > MAX_STATUS_BYTES:
+            raise ProtocolError(f"its status is {len(raw)} bytes, over the {MAX_STATUS_BYTES} a status may have")
+        body = load_json(raw)  # a later agent's field may be an object: ignored, as every unknown field
+        if not isinstance(body, dict):
+            raise ProtocolError("its status is not a JSON object")
+        values: dict[str, Any] = {}
+        for name, spec in cls.__dataclass_fields__.items():
+            value = body.get(name)
+            if spec.type == "str" and isinstance(value, str):
+                values[name] = value
+            elif spec.type in ("int", "float") and isinstance(value, int) and not isinstance(value, bool):
+                values[name] = value if spec.type == "int" else float(value)
+            elif spec.type == "float" and isinstance(value, float):
+                values[name] = value
+        return cls(**values)
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> HostStatus:
-        """Parse a status hash; unknown fields are ignored, missing ones take defaults."""
+        """Parse the status hash of an agent from before `NS:host:<host>` (Keys.status); unknown fields are
+        ignored, missing ones take defaults."""
         values: dict[str, Any] = {}
         for name, spec in cls.__dataclass_fields__.items():
             if name not in raw:

@@ -38,6 +38,8 @@ class RedisServer:
     port: int = 0
     binary: str = "redis-server"
     maxclients: int | None = None
+    #: more redis-server options, e.g. the redis role's memory limits (tests/redis_role.py)
+    options: tuple[str, ...] = ()
     #: socket_timeout of the clients from client(); None waits for ever.
     client_timeout: float | None = None
     process: subprocess.Popen[bytes] | None = None
@@ -55,7 +57,7 @@ class RedisServer:
         extra = ["--maxclients", str(self.maxclients)] if self.maxclients is not None else []
         self.process = subprocess.Popen(
             [self.binary, "--bind", self.host, "--port", str(self.port), "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir), "--daemonize", "no", "--loglevel", "warning", *extra],
+             "--dir", str(self.workdir), "--daemonize", "no", "--loglevel", "warning", *extra, *self.options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
         )
         try:
@@ -122,6 +124,11 @@ def new_store(client: redis.Redis, namespace: str, **options: Any) -> Any:
     if store.snapshot().empty:
         store.init()
     return store
+
+
+def resp_command(*args: bytes) -> bytes:
+    """One request in RESP, as a client sends it (split_command reads it back)."""
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args)
 
 
 def split_command(buffer: bytes) -> tuple[list[bytes], bytes] | None:

@@ -1,9 +1,11 @@
 """Reading what the agents report: the fleet's status and waiting for acknowledgements.
 
-Agents write their status hash right after every switch and apply, and on
-a heartbeat. `seen_at` comes from Redis' own clock, so a host is silent
-when Redis' clock says its last heartbeat is older than three heartbeats —
-no clock on a host or the controller is trusted.
+Agents SET their status (`NS:host:<host>`, one JSON value) right after every
+switch and apply, and on a heartbeat; an agent from before that key writes the
+hash `NS:status:<host>`, read when the new key is missing (docs/upgrading.md).
+`seen_at` comes from Redis' own clock, so a host is silent when Redis' clock
+says its last heartbeat is older than three heartbeats — no clock on a host or
+the controller is trusted.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
+from ..errors import ProtocolError
 from ..protocol import HostStatus
 from .store import Store
 
@@ -53,17 +57,50 @@ class HostView:
         return lagging
 
 
+def parse_status(raw: bytes | str | None, legacy: dict[Any, Any], now: float) -> HostStatus | None:
+    """One host's status from its key (hostile input: an unreadable one is a degraded status naming why, seen
+    now so that it is not taken for silence), else from the hash of an agent from before the key, else None."""
+    if raw is not None:
+        try:
+            return HostStatus.from_json(raw)
+        except ProtocolError as err:
+            return HostStatus(state="degraded", error=f"unreadable status in Redis: {err}", seen_at=now)
+    if not legacy:
+        return None
+    return HostStatus.from_hash({_text(name): _text(value) for name, value in legacy.items()})
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
 def read_statuses(store: Store, hosts: Iterable[str]) -> tuple[dict[str, HostStatus | None], float]:
-    """Every host's status hash and Redis' clock, in one round trip."""
+    """Every host's status and Redis' clock, in one round trip."""
     names = list(hosts)
     pipe = store.client.pipeline(transaction=False)
-    for host in names:
-        pipe.hgetall(store.keys.status(host))
+    for host in names:  # read as bytes: what a host wrote need not be UTF-8, and must not fail the whole read
+        pipe.execute_command("GET", store.keys.host(host), NEVER_DECODE=True)  # type: ignore[no-untyped-call]
+        pipe.execute_command("HGETALL", store.keys.status(host), NEVER_DECODE=True)  # type: ignore[no-untyped-call]
     pipe.time()
     results = store.call(pipe.execute)
     seconds, micros = results[-1]
-    statuses = {host: HostStatus.from_hash(raw) if raw else None for host, raw in zip(names, results, strict=False)}
-    return statuses, float(seconds) + micros / 1e6
+    now = float(seconds) + micros / 1e6
+    statuses = {host: parse_status(results[2 * n], results[2 * n + 1], now) for n, host in enumerate(names)}
+    return statuses, now
+
+
+def forget_replaced_statuses(store: Store, hosts: Iterable[str]) -> list[str]:
+    """Delete the status hash of an agent from before `NS:host:<host>` wherever that host's agent now reports on
+    the new key; the hosts whose hash went. No agent can write the hash any more (its ACL user has SET on the new
+    key only), so nothing comes back."""
+    names = list(hosts)
+    pipe = store.client.pipeline(transaction=False)
+    for host in names:
+        pipe.exists(store.keys.host(host), store.keys.status(host))
+    both = [host for host, count in zip(names, store.call(pipe.execute), strict=True) if count == 2]
+    if both:
+        store.call(store.client.delete, *(store.keys.status(host) for host in both))
+    return both
 
 
 def fleet_view(store: Store, hosts: Iterable[str]) -> list[HostView]:

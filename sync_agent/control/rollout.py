@@ -39,7 +39,7 @@ from ..layout import record_path
 from ..manifest import Entry, Manifest, build_manifest
 from ..protocol import Desired, new_change_id, validate_release_id
 from ..stream import offer, open_offer, read_answer, write_blobs
-from .hoststatus import fleet_view, read_statuses, wait_for_acks
+from .hoststatus import fleet_view, forget_replaced_statuses, read_statuses, wait_for_acks
 from .inventory import Host
 from .lock import Hold, default_holder
 from .records import History, RolloutRecord, saved_state, unfinished_message
@@ -517,14 +517,24 @@ def prune(s: Session, keep: int | None = None, hold: Hold | None = None) -> dict
         gone = sorted({r for ids in removed.values() for r in ids} - kept_somewhere)
         if gone:
             s.store.forget_releases(gone, token=hold.token)
+        forget_replaced_statuses(s.store, s.web_names)
         return removed
 
 
 def sync_new_hosts(s: Session, timeout: float = DEFAULT_ACK_TIMEOUT, check: bool = False,
                    progress: Progress | None = None, init: bool = False) -> list[str]:
     """Bring web hosts that lack the current release up to it, relayed from a host that has it. With init (the
-    release play without a build), an empty store is made first when no web host has a release (ensure_store)."""
-    progress = progress or Progress()
+    release play without a build), an empty store is made first when no web host has a release (ensure_store).
+
+    The release play runs this after the agents play on every deploy: it also removes the status hashes that
+    upgraded agents left behind (forget_replaced_statuses)."""
+    lacking = _sync_new_hosts(s, timeout, check, progress or Progress(), init)
+    if not check:
+        forget_replaced_statuses(s.store, s.web_names)
+    return lacking
+
+
+def _sync_new_hosts(s: Session, timeout: float, check: bool, progress: Progress, init: bool) -> list[str]:
     if init:
         with s.lock.held(default_holder("init of a new store")) as hold:
             ensure_store(s, init, check, hold)

@@ -24,7 +24,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Generator
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from .. import __version__
 from ..errors import (
@@ -35,6 +37,7 @@ from ..errors import (
     FrontfleetError,
     ProtocolError,
     SnapshotRefused,
+    UnsafePath,
 )
 from ..layout import CURRENT, current_release, live_dir, previous_release
 from ..protocol import HostStatus, Message, parse_message
@@ -63,17 +66,19 @@ SWITCH_YIELD = 0.001
 COALESCE_FACTOR = 10.0
 COALESCE_MIN = 0.005
 COALESCE_MAX = 0.5
-STATUS_EVERY = 0.05  # data-only acknowledgements: at most one HSET per this many seconds (a switch acks at once)
+STATUS_EVERY = 0.05  # data-only acknowledgements: at most one status SET per this many seconds (a switch acks at once)
 DRAIN_SECONDS = 0.5  # how long a stop waits for the batch being applied before it cancels
 CLOSE_SECONDS = 0.3  # closing a dead connection must not hold up a reconnect or a stop
 WRITE_RETRY_MIN = 0.2  # a write the filesystem refused (disk full, read-only) is retried after this, doubling…
 WRITE_RETRY_MAX = 5.0  # …up to this, until it lands
 BAD_INPUT_LOG_EVERY = 10.0  # a flood of bad input is logged once per this many seconds (each new kind at once)
 
+T = TypeVar("T")
+
 
 @dataclass
 class _Probes:
-    """Probes still out: token → (loop time sent, the agent's busy seconds by then)."""
+    """Probes still out: token → (loop time sent, the agent's excused seconds by then)."""
 
     sent: dict[bytes, tuple[float, float]] = field(default_factory=dict)
 
@@ -86,18 +91,88 @@ class _Probes:
             if key == token:
                 break
 
-    def overdue(self, now: float, busy: float, timeout: float) -> float:
-        """Age of the oldest probe still out, if it is older than timeout; else 0. The age leaves out the time
-        the agent was busy applying batches (or waiting for a switch_at): no message is read meanwhile, so a
-        probe cannot come back, and a burst on busy cores must not pass for a dead connection."""
+    def overdue(self, now: float, excused: float, timeout: float) -> float:
+        """Age of the oldest probe still out, if it is older than timeout; else 0. The age leaves out the
+        excused seconds: the time a batch ran (its work, a busy core's delays included) and a switch_at wait,
+        when no message is read, so a burst on busy cores does not pass for a dead connection. Time a batch
+        spends awaiting anything else counts: a reading end stuck on an await is a stalled subscription."""
         if not self.sent:
             return 0.0
-        sent_at, busy_at = next(iter(self.sent.values()))
-        age = now - sent_at - (busy - busy_at)
+        sent_at, excused_at = next(iter(self.sent.values()))
+        age = now - sent_at - (excused - excused_at)
         return age if age > timeout else 0.0
 
 
-async def _wait_for_deadline(bus: Bus, switch_at: int, release: str) -> None:
+class _Timed(Generic[T]):
+    """Await a coroutine and add up the time it ran (its steps on the event loop), not the time it waited.
+
+    A batch's awaits (a snapshot read, a status write, a lock) can last as long as whatever they wait on; only
+    the work in between is the agent being busy. Each step is timed on the wall clock, so a step that waited
+    for a busy core counts as running."""
+
+    def __init__(self, coro: Coroutine[Any, Any, T], add: Callable[[float], None]) -> None:
+        self._coro = coro
+        self._add = add
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            started = time.monotonic()
+            try:
+                future = self._coro.send(value) if error is None else self._coro.throw(error)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            finally:
+                self._add(time.monotonic() - started)
+            try:
+                value, error = (yield future), None
+            except BaseException as err:  # a cancellation, or whatever the task throws in, goes to the coroutine
+                value, error = None, err
+
+
+async def _finish(tasks: Collection[asyncio.Task[Any]]) -> None:
+    """Cancel the tasks and wait until every one has ended, cancelling again any that goes on.
+
+    A cancellation can be lost: on Python 3.11, asyncio.wait_for (which redis-py wraps around every send) returns
+    normally when its command completes as the cancel arrives, and the task carries on (a status writer back at
+    its wait, a heartbeat that keeps the host looking alive). Waiting once for such a task would wait forever, with
+    nobody reading the subscription. A cancellation of the caller meanwhile is honoured after the tasks ended."""
+    pending = {task for task in tasks if not task.done()}
+    warned: set[asyncio.Task[Any]] = set()
+    interrupted = False
+    while pending:
+        for task in pending:
+            task.cancel()
+        try:
+            _, pending = await asyncio.wait(pending, timeout=CLOSE_SECONDS)
+        except asyncio.CancelledError:
+            interrupted = True
+            continue
+        for task in pending - warned:
+            log.warning("task %s went on after it was cancelled; cancelling it again", task.get_name())
+        warned |= pending
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller reports the one that matters
+    if interrupted:
+        raise asyncio.CancelledError
+
+
+async def _first_of(tasks: Collection[asyncio.Task[Any]]) -> None:
+    """Wait until one task ends, end the others, then raise the first one's error (if any)."""
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await _finish(tasks)
+    for task in done:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+
+
+async def _wait_for_deadline(bus: Bus, switch_at: int, release: str,
+                             sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
     """Sleep until switch_at (µs, Redis' clock) on this host's clock corrected by its offset to Redis.
 
     A deadline already passed returns at once; one absurdly far ahead is capped. The last few ms block in
@@ -113,7 +188,7 @@ async def _wait_for_deadline(bus: Bus, switch_at: int, release: str) -> None:
         remaining = MAX_SWITCH_WAIT
     deadline = time.monotonic() + remaining
     if remaining > SWITCH_TAIL:
-        await asyncio.sleep(remaining - SWITCH_TAIL)
+        await sleep(remaining - SWITCH_TAIL)
     rest = deadline - time.monotonic()
     if rest > 0:
         time.sleep(rest)
@@ -146,9 +221,10 @@ class Agent:
         self._probes = _Probes()
         self._probe_tokens = itertools.count(1)
         self._last_systemd_status = ""
-        self._busy = False
-        self._busy_seconds = 0.0  # loop time spent applying batches, while no message is read
-        self._busy_since = 0.0
+        self._busy = False  # a batch is being applied (a stop lets it finish)
+        self._excused = 0.0  # seconds the probe's age leaves out: batches running, switch_at waits (_Probes.overdue)
+        self._sleeping_since: float | None = None  # loop time a switch_at wait began, while it lasts
+        self._consuming = asyncio.Event()  # this session reads its subscription: the probe loop starts
         self.should_exit = asyncio.Event()
         self.force_exit = False
         self._main_task: asyncio.Task[None] | None = None
@@ -294,7 +370,7 @@ class Agent:
         try:
             prepared = PreparedSwitch(self.root, target)
             if switch_at is not None:
-                await _wait_for_deadline(bus, switch_at, target)
+                await _wait_for_deadline(bus, switch_at, target, self._excused_sleep)
             result = prepared.commit()
             if switch_at is not None:
                 time.sleep(SWITCH_YIELD)
@@ -431,7 +507,7 @@ class Agent:
 
     async def ack(self, bus: Bus, now: bool = False) -> None:
         """Report the applied state. After a switch, right away (before the templates); after data, through
-        the status writer, so the next batch need not wait for the round trip and a burst costs a few HSETs."""
+        the status writer, so the next batch need not wait for the round trip and a burst costs a few SETs."""
         if now or not self._status_writer_running:
             await self.write_status(bus)
         else:
@@ -445,15 +521,15 @@ class Agent:
                 self._status_wanted.clear()
                 async with asyncio.timeout(self.config.command_timeout):  # no inner task to outlive a stop
                     await self.write_status(bus)
-                await asyncio.sleep(STATUS_EVERY)  # what arrives meanwhile goes in the next HSET
+                await asyncio.sleep(STATUS_EVERY)  # what arrives meanwhile goes in the next SET
         finally:
             self._status_writer_running = False
 
     async def write_status(self, bus: Bus, clock: bool = False) -> None:
-        """HSET the status hash; seen_at is Redis' clock (TIME on heartbeats, estimated from it in between)."""
+        """SET the status key; seen_at is Redis' clock (TIME on heartbeats, estimated from it in between)."""
         async with self._status_lock:
             seen_at = await bus.sync_clock() if clock else bus.server_now()
-            await bus.write_status(self.host_status(seen_at).to_hash())
+            await bus.write_status(self.host_status(seen_at).to_json())
 
     # --- one connection -------------------------------------------------------------------------
 
@@ -474,21 +550,19 @@ class Agent:
         await self._render_when_idle(bus)
         log.info("connected to Redis at %s as %s; subscribed to %s and %s", bus.where,
                  self.config.username or "default", bus.keys.events, bus.probe_channel.decode())
+        self._consuming.set()
+        await _first_of([asyncio.create_task(self._consume(bus), name="consume"),
+                         asyncio.create_task(self._heartbeat_loop(bus), name="heartbeat"),
+                         asyncio.create_task(self._status_writer(bus), name="status")])
+
+    async def _watched_session(self, bus: Bus, backoff: Backoff) -> None:
+        """The session, with the probe loop beside it rather than inside it: whatever the session is stuck on
+        (an await in a batch, a task that will not end), its probes stop coming home and the probe loop ends
+        it from here."""
         self._probes = _Probes()
-        tasks = [asyncio.create_task(self._consume(bus), name="consume"),
-                 asyncio.create_task(self._probe_loop(bus), name="probe"),
-                 asyncio.create_task(self._heartbeat_loop(bus), name="heartbeat"),
-                 asyncio.create_task(self._status_writer(bus), name="status")]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for task in done:
-            error = task.exception()
-            if error is not None:
-                raise error
+        self._consuming = asyncio.Event()
+        await _first_of([asyncio.create_task(self._session(bus, backoff), name="session"),
+                         asyncio.create_task(self._probe_loop(bus), name="probe")])
 
     async def _consume(self, bus: Bus) -> None:
         loop = asyncio.get_running_loop()
@@ -498,23 +572,46 @@ class Agent:
             if self._write_retry_at is not None:
                 wake = min(wake, loop.time() + self._write_retry_at - time.monotonic())
             items = await bus.messages(timeout=max(0.0, wake - loop.time()))
-            self._busy, self._busy_since = True, loop.time()
-            applied = 0
+            started = loop.time()
+            reconcile = started >= next_reconcile
+            self._busy = True
             try:
-                if items:
-                    applied = await self._process(bus, items)
-                if self._write_retry_at is not None and time.monotonic() >= self._write_retry_at:
-                    await self._retry_writes(bus)
-                if loop.time() >= next_reconcile:
-                    await self._reconcile(bus)
-                    next_reconcile = loop.time() + self.config.reconcile
-                await self._render_when_idle(bus)
+                applied = await _Timed(self._work(bus, items, reconcile), self._excuse)
             finally:
                 self._busy = False
-                spent = loop.time() - self._busy_since
-                self._busy_seconds += spent
+            if reconcile:
+                next_reconcile = loop.time() + self.config.reconcile
+            spent = loop.time() - started
             if applied > 1 or (applied and bus.pending()):
                 await asyncio.sleep(min(COALESCE_MAX, max(COALESCE_MIN, spent * COALESCE_FACTOR)))
+
+    async def _work(self, bus: Bus, items: list[tuple[bytes, bytes]], reconcile: bool) -> int:
+        """One turn of the reading loop between two reads: the batch, a due write retry or reconcile, the render.
+        Returns how many changes it applied."""
+        applied = await self._process(bus, items) if items else 0
+        if self._write_retry_at is not None and time.monotonic() >= self._write_retry_at:
+            await self._retry_writes(bus)
+        if reconcile:
+            await self._reconcile(bus)
+        await self._render_when_idle(bus)
+        return applied
+
+    def _excuse(self, seconds: float) -> None:
+        self._excused += seconds
+
+    async def _excused_sleep(self, seconds: float) -> None:
+        """Sleep with the probe's age leaving the time out: a switch_at wait, when no message is read."""
+        loop = asyncio.get_running_loop()
+        self._sleeping_since = loop.time()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self._excused += loop.time() - self._sleeping_since
+            self._sleeping_since = None
+
+    def _excused_by(self, now: float) -> float:
+        """The excused seconds so far, a switch_at wait under way included."""
+        return self._excused + (now - self._sleeping_since if self._sleeping_since is not None else 0.0)
 
     async def _reconcile(self, bus: Bus) -> None:
         """Compare with the snapshot on a timer: catches anything missed, retries a switch that failed."""
@@ -542,24 +639,23 @@ class Agent:
         if batch.release or batch.resynced:
             await self._flush(bus, batch)
 
-    def _busy_time(self, now: float) -> float:
-        """Seconds spent applying batches since the start, the batch under way included."""
-        return self._busy_seconds + (now - self._busy_since if self._busy else 0.0)
-
     async def _probe_loop(self, bus: Bus) -> None:
-        """Publish a probe to our own channel every interval; one that does not come back ends the session."""
+        """Once the session reads its subscription, publish a probe to our own channel every interval; one that
+        does not come back in time (the excused seconds left out) ends the session."""
         loop = asyncio.get_running_loop()
         timeout = self.config.probe_timeout
+        await self._consuming.wait()
         while True:
             token = str(next(self._probe_tokens)).encode()
-            self._probes.sent[token] = (loop.time(), self._busy_time(loop.time()))
+            self._probes.sent[token] = (loop.time(), self._excused_by(loop.time()))
             try:
-                await asyncio.wait_for(bus.publish_probe(token), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: on Python 3.11 it can lose a cancellation
+                    await bus.publish_probe(token)
             except TimeoutError as err:
                 raise ConnectionLost(f"the probe could not be published within {timeout:g}s") from err
             await asyncio.sleep(self.config.probe)
             now = loop.time()
-            overdue = self._probes.overdue(now, self._busy_time(now), timeout)
+            overdue = self._probes.overdue(now, self._excused_by(now), timeout)
             if overdue:
                 raise ConnectionLost(f"a probe did not come back within {timeout:g}s (out for {overdue:.1f}s): "
                                      "the subscription is dead")
@@ -576,7 +672,7 @@ class Agent:
         while not self.should_exit.is_set():
             bus = Bus(self.config)
             try:
-                await self._session(bus, backoff)
+                await self._watched_session(bus, backoff)
                 cause = "stopped"
             except CONNECTION_ERRORS as err:
                 cause = describe(err)
@@ -588,8 +684,9 @@ class Agent:
                 self.connected = False
                 if self.live is not None:
                     self.live.store = None
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(bus.close(), CLOSE_SECONDS)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CLOSE_SECONDS):  # not wait_for, which can lose a cancellation (3.11)
+                        await bus.close()
             if self.should_exit.is_set():
                 return
             delay = backoff.next_delay()
@@ -609,7 +706,7 @@ class Agent:
         dropped: the agent then starts as a new host would (any snapshot that vouches for itself)."""
         try:
             point, left = self.shared.read_applied()
-        except (OSError, ValueError, ProtocolError) as err:
+        except (OSError, ValueError, ProtocolError, UnsafePath) as err:  # a symlink or FIFO planted there too
             log.error("cannot read %s (%s): starting as a new host would", self.shared.shared_dir / APPLIED_FILE, err)
             return
         self.applied.restore(point, left)
@@ -668,9 +765,7 @@ class Agent:
             while self._busy and not self.force_exit and loop.time() < deadline:
                 await asyncio.sleep(0.01)
         finally:
-            for task in (self._main_task, waiter, *helpers):
-                task.cancel()
-            await asyncio.gather(self._main_task, waiter, *helpers, return_exceptions=True)
+            await _finish([self._main_task, waiter, *helpers])
             if self.live is not None:
                 await self.live.stop()
             for signum in (signal.SIGTERM, signal.SIGINT):

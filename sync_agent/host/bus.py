@@ -15,7 +15,7 @@ import random
 import select
 import time
 from collections import deque
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable
 from typing import Any, cast
 
 import redis
@@ -83,7 +83,7 @@ class Bus:
         self.keys = Keys(config.namespace)
         self.events_channel = self.keys.events.encode()
         self.probe_channel = self.keys.probe(config.host).encode()
-        self.status_key = self.keys.status(config.host)
+        self.status_key = self.keys.host(config.host)
         extra: dict[str, Any] = {}
         if config.username:
             extra["username"] = config.username
@@ -220,8 +220,9 @@ class Bus:
         """Redis' clock as estimated from the last TIME, without a round trip."""
         return time.time() + self._clock_offset
 
-    async def write_status(self, fields: Mapping[str, str]) -> None:
-        await cast(Awaitable[int], self.client.hset(self.status_key, mapping=dict(fields)))
+    async def write_status(self, value: str) -> None:
+        """SET the host's status key: one value replaced whole (the only write the agent's ACL user has)."""
+        await self.client.set(self.status_key, value)
 
     async def publish_probe(self, token: bytes) -> None:
         await self.client.publish(self.probe_channel, token)

@@ -163,7 +163,10 @@ def parse_config(body: dict[str, Any], source: str = "config") -> AgentConfig:
     url = values["redis.url"]
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise ConfigError(f"{source}: redis.url must be redis://HOST:PORT[/DB] or rediss://…, got {url!r}")
+        raise ConfigError(f"{source}: redis.url must be redis://HOST:PORT[/0] or rediss://…, got {url!r}")
+    if parts.path.strip("/") not in ("", "0"):
+        raise ConfigError(f"{source}: redis.url names database {parts.path.strip('/')!r}; frontfleet uses database 0 "
+                          "(an agent's ACL user may not SELECT another): redis://HOST:PORT/0")
     try:
         _ = parts.port
     except ValueError as err:

@@ -123,12 +123,17 @@ class Deployment:
         return dict(json.loads(text[text.index("{"): text.rindex("}") + 1]))
 
     def status_of(self, host: str) -> dict[str, str]:
-        """The agent's status hash, read on the Redis host with redis-cli as the publisher."""
+        """What the agent reports (`NS:host:<host>`, JSON; its values as text), read on the Redis host with
+        redis-cli as the publisher; for an agent from before that key, its status hash. RESP2 (`-2`): the redis
+        role renames HELLO away."""
         password = (self.inventory / "credentials" / "redis-publisher").read_text().strip()
         redis_host = next(h for h in self.fleet.hosts.values() if h.role == "redis")
-        out = self.ssh(redis_host.name, f"REDISCLI_AUTH={password} redis-cli --no-auth-warning -h {redis_host.address} "
-                                        f"--user publisher --json HGETALL fleettest:status:{host}")
-        return dict(json.loads(out))
+        cli = f"REDISCLI_AUTH={password} redis-cli -2 --no-auth-warning -h {redis_host.address} --user publisher"
+        raw = self.ssh(redis_host.name, f"{cli} --raw GET fleettest:host:{host}").strip()
+        if raw:
+            return {name: str(value) for name, value in json.loads(raw).items()}
+        flat = json.loads(self.ssh(redis_host.name, f"{cli} --json HGETALL fleettest:status:{host}"))
+        return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 30, interval: float = 0.2, what: str = "") -> Any:

@@ -31,7 +31,7 @@ import sync_agent
 from sync_agent.control.agentwheel import build_agent_wheel
 from tests.fleet.conftest import BootFleet, fleet_name
 from tests.fleet.deployment import REPO, Deployment, wait_until
-from tests.fleet.fab_builds import Builds, assert_fleet_serves, fab_json, release_id, rollout, status_json
+from tests.fleet.fab_builds import Builds, assert_fleet_serves, fab_json, redis_cli, release_id, rollout, status_json
 from tests.fleet.helpers import agent_pid
 from tests.fleet.http_load import HttpLoad
 
@@ -186,6 +186,8 @@ def test_the_installed_package_upgrades_old_agents_in_place_without_a_failed_req
     hosts = new.web_hosts
     release = release_id(new, builds.a)
     pids = {host: agent_pid(new, host) for host in hosts}
+    old_statuses = [f"fleettest:status:{host}" for host in hosts]  # the hashes the old agents write
+    assert redis_cli(old_fleet, "EXISTS", *old_statuses).strip() == str(len(hosts))
     old_agent = wheel_files(old_wheel(old_checkout))
     checkout_wheel = build_agent_wheel(tmp_path_factory.mktemp("agent-wheel"))  # what this checkout writes
     urls = [f"http://{new.address(host)}{path}" for host in hosts for path in ("/", "/_sync/data.json")]
@@ -228,7 +230,7 @@ def test_the_installed_package_upgrades_old_agents_in_place_without_a_failed_req
         assert served[host] == [], f"{host} no longer serves the release it had: {served[host][:5]}"
         assert statuses[host]["release"] == release, f"{host} reports {statuses[host]['release']}, not {release}"
         # the earlier layout (the agent owned the root, current sat in it) moved in place: root's tree, agent's links
-        assert layouts[host].split("\n") == [
+        assert layouts[host].strip().split("\n") == [
             ". root", "releases root", "pool root", "live sync-agent", "shared sync-agent",
             f"../releases/{release}", "live/current"], f"{host}'s release root after the upgrade: {layouts[host]}"
         # one agent wheel on the host, byte-identical to the one this checkout writes (two controllers, one file)
@@ -243,6 +245,8 @@ def test_the_installed_package_upgrades_old_agents_in_place_without_a_failed_req
         else:  # the pinned commit has this checkout's agent: nothing to upgrade, nothing to restart
             assert upgraded_pids[host] == pids[host]
     assert rolled["release"] == release_id(new, builds.b) and rolled["previous"] == release
+    # each agent reports on NS:host:<host> now; its old hash went (the release play, a rollout's prune)
+    assert redis_cli(old_fleet, "EXISTS", *old_statuses).strip() == "0"
     assert_fleet_serves(new, builds.b)
     # `fab status` as the team runs it in its folder: the inventory from the ansible.cfg that init wrote
     env = {key: value for key, value in new.env().items() if key != "ANSIBLE_INVENTORY"}

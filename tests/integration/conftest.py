@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import select
@@ -211,15 +212,18 @@ class Fleet:
             agent.start()
         return agent
 
-    def status(self, host: str) -> dict[str, str]:
-        return self.admin.hgetall(KEYS.status(host))
+    def status(self, host: str) -> dict[str, Any]:
+        """What the agent reports (NS:host:<host>, JSON), {} before it reported."""
+        import json
 
-    def wait_revision(self, agent: Agent, revision: int, timeout: float = 10.0) -> dict[str, str]:
+        return dict(json.loads(self.admin.get(KEYS.host(host)) or "{}"))
+
+    def wait_revision(self, agent: Agent, revision: int, timeout: float = 10.0) -> dict[str, Any]:
         epoch = self.admin.get(KEYS.epoch)
 
-        def caught_up() -> dict[str, str] | None:
+        def caught_up() -> dict[str, Any] | None:
             status = self.status(agent.host)
-            if status.get("epoch") == epoch and int(status.get("revision", "0")) >= revision:
+            if status.get("epoch") == epoch and int(status.get("revision", 0)) >= revision:
                 return status
             return None
 
@@ -236,7 +240,14 @@ class Fleet:
 @pytest.fixture
 def fleet(fresh_redis: Any, tmp_path: Path) -> Iterator[Fleet]:
     admin = fresh_redis.client()
-    group = Fleet(tmp_path, fresh_redis.host, fresh_redis.port, admin, new_store(admin, NAMESPACE))
+    with agents_on(Fleet(tmp_path, fresh_redis.host, fresh_redis.port, admin, new_store(admin, NAMESPACE))) as group:
+        yield group
+
+
+@contextlib.contextmanager
+def agents_on(group: Fleet) -> Iterator[Fleet]:
+    """The fleet's agents stopped on the way out; their logs printed (pytest shows them when the test failed), and
+    a NOPERM or a traceback in any of them fails the test."""
     try:
         yield group
     finally:
@@ -246,7 +257,7 @@ def fleet(fresh_redis: Any, tmp_path: Path) -> Iterator[Fleet]:
             text = agent.log()
             print(f"--- {agent.host} log ---\n{text}")  # shown by pytest when the test failed
             refused += [line for line in text.splitlines() if "NOPERM" in line or "Traceback" in line]
-        admin.close()  # its connections, also one a Redis restart left dead: a socket left to the GC warns
+        group.admin.close()  # its connections, also one a Redis restart left dead: a socket left to the GC warns
         assert not refused, f"an agent sent a command its ACL user may not run, or crashed: {refused[:3]}"
 
 

@@ -45,9 +45,10 @@ def test_agent_reads_the_namespace_and_writes_only_its_own_status(users):
     pipe.get(KEYS.epoch)
     pipe.hgetall(KEYS.desired)
     assert len(pipe.execute()) == 2
-    assert agent.hset(KEYS.status("web1"), "release", "A") == 1
+    assert agent.set(KEYS.host("web1"), '{"release":"A"}') is True
     assert agent.time()
-    assert refused(lambda: agent.hset(KEYS.status("web2"), "release", "A"))
+    assert refused(lambda: agent.set(KEYS.host("web2"), '{"release":"A"}'))
+    assert refused(lambda: agent.hset(KEYS.status("web1"), "release", "A"))  # the hash of agents before NS:host
     assert refused(lambda: agent.hset(KEYS.data, "flag", "false"))
     assert refused(lambda: agent.set(KEYS.revision, 99))
     assert refused(lambda: agent.get("other:secret"))
@@ -74,7 +75,7 @@ def test_publisher_runs_the_scripts_within_the_namespace_only(users):
     store = new_store(publisher, "ff")
     assert store.data_set("flag", "1").revision == 1
     assert store.activate("A").revision == 2
-    assert publisher.hset(KEYS.status("web1"), "x", "1") == 1
+    assert publisher.set(KEYS.host("web1"), "{}") is True
     assert refused(lambda: publisher.get("other:secret"))
     assert refused(lambda: publisher.flushall())
     assert refused(lambda: publisher.keys("*"))
@@ -84,7 +85,7 @@ def test_publisher_runs_the_scripts_within_the_namespace_only(users):
 
 def test_default_user_rules_do_not_leak_between_hosts(users):
     web2 = users("agent-web2", "agentpw")
-    assert refused(lambda: web2.hset(KEYS.status("web1"), "release", "forged"))
+    assert refused(lambda: web2.set(KEYS.host("web1"), '{"release":"forged"}'))
 
 
 def test_two_fleets_on_one_redis_cannot_reach_each_others_keys(fresh_redis):
@@ -108,9 +109,9 @@ def test_two_fleets_on_one_redis_cannot_reach_each_others_keys(fresh_redis):
         mine, theirs = fleets[name], fleets[other]
         agent = connect(name, agent_user("web1"))
         assert agent.hget(mine.data, "flag") == f'"{name}"'
-        assert agent.hset(mine.status("web1"), "release", "A") == 1
+        assert agent.set(mine.host("web1"), '{"release":"A"}') is True
         assert refused(lambda: agent.hget(theirs.data, "flag"))  # noqa: B023 - called right here
-        assert refused(lambda: agent.hset(theirs.status("web1"), "release", "forged"))  # noqa: B023
+        assert refused(lambda: agent.set(theirs.host("web1"), '{"release":"forged"}'))  # noqa: B023
         assert refused(lambda: agent.publish(theirs.probe("web1"), "x"))  # noqa: B023
         publisher = connect(name, PUBLISHER_USER)
         assert refused(lambda: publisher.hset(theirs.data, "flag", "1"))  # noqa: B023

@@ -1,4 +1,4 @@
-"""The sync agent as users meet it: a subprocess under its ACL user, files on disk, its status hash, its log."""
+"""The sync agent as users meet it: a subprocess under its ACL user, files on disk, its status in Redis, its log."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import json
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -142,6 +144,43 @@ def test_half_open_connection_is_noticed_by_the_probe(fleet, proxy, which):
         assert "a probe did not come back" in log
     change = fleet.store.data_set("k", "3")  # and the new subscription is live
     fleet.wait_data(agent, {"k": 3})
+
+
+def with_fault(fault: str) -> tuple[str, ...]:
+    """Agent.start's prefix that runs the agent with a fault of agent_faults.py built in."""
+    return (sys.executable, str(Path(__file__).with_name("agent_faults.py")), fault)
+
+
+def test_a_session_whose_helper_goes_on_after_its_cancellation_still_ends_and_reconnects(fleet):
+    """The subscription dies; the session's heartbeat ignores its first cancellation (as a cancel lost in Python
+    3.11's wait_for lets it), so heartbeats go on and the host looks alive. The session must end anyway,
+    reconnect and resync, or nothing reads the subscription ever again."""
+    agent = fleet.agent("web1", start=False, intervals={"reconcile": 60})
+    agent.start(prefix=with_fault("lost-cancel"))
+    fleet.wait_revision(agent, 0)
+    fleet.admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub", "USER", "agent-web1")
+    change = fleet.store.data_set("k", "1")
+    fleet.wait_revision(agent, change.revision, timeout=15)
+    log = agent.log()
+    assert "FAULT lost-cancel" in log and "Redis connection failed" in log
+    change = fleet.store.data_set("k", "2")  # and the new subscription is live
+    fleet.wait_data(agent, {"k": 2})
+
+
+def test_a_reading_loop_stuck_on_an_await_in_a_batch_is_a_lost_probe(fleet):
+    """A batch that awaits something that never comes reads nothing meanwhile. Only the time a batch runs is
+    excused from the probe's age, so the probe ends the session; the reconnect's snapshot brings the host to
+    what it missed."""
+    agent = fleet.agent("web1", start=False, intervals={"reconcile": 60},  # only the probe can notice
+                        templates={"env.js.j2": "window.__ENV__ = {{ data | tojson }};\n"})
+    agent.start(prefix=with_fault("stuck-render"))
+    fleet.wait_revision(agent, 0)
+    fleet.store.data_set("k", "1")  # its batch gets stuck in the render
+    eventually(lambda: "FAULT stuck-render" in agent.log(), what="the render stuck")
+    change = fleet.store.data_set("k", "2")
+    fleet.wait_revision(agent, change.revision, timeout=15)
+    fleet.wait_data(agent, {"k": 2})
+    assert "a probe did not come back" in agent.log()
 
 
 def test_burst_of_a_thousand_changes_ends_on_the_last_revision(fleet):
@@ -328,6 +367,8 @@ CONFIG_ERRORS = {
                     "redis": {"url": "redis://127.0.0.1:6379", "urll": "x"}}, "unknown key redis.urll"),
     "redis.url": ({"agent": {"host": "web1", "release_root": "/srv/ff"}, "redis": {"url": "http://example"}},
                   "redis.url must be"),
+    "redis.url database": ({"agent": {"host": "web1", "release_root": "/srv/ff"},
+                            "redis": {"url": "redis://127.0.0.1:6379/3"}}, "redis.url names database '3'"),
     "intervals.probe": ({"agent": {"host": "web1", "release_root": "/srv/ff"},
                          "redis": {"url": "redis://127.0.0.1:6379"}, "intervals": {"probe": "fast"}},
                         "intervals.probe must be a number"),
@@ -438,5 +479,5 @@ def test_agent_in_a_namespace_never_touches_another(fleet):
     agent = fleet.agent("web1")
     change = fleet.store.data_set("k", "1")
     fleet.wait_revision(agent, change.revision)
-    assert fleet.admin.keys("*status*") == [f"{NAMESPACE}:status:web1"]
+    assert fleet.admin.keys(f"{NAMESPACE}:host:*") == [f"{NAMESPACE}:host:web1"]
     assert "NOPERM" not in agent.log()

@@ -1,6 +1,6 @@
 """`sync-agent fleet` (and so `fab status`) reading a degraded host: the controller's side of a failed write.
 
-The status hashes are written here the way an agent writes them: what is tested is the controller's
+The statuses are written here the way an agent writes them: what is tested is the controller's
 reading of a host that reports `degraded`, through a real `sync-agent fleet` process and a real Redis.
 """
 
@@ -23,10 +23,10 @@ WRITE_FAILED = "cannot write /srv/app/shared/data.json: [Errno 28] No space left
 
 
 def report(store: Store, host: str, change: Change, state: str, error: str = "") -> None:
-    """The status hash an agent writes after it applied change (or failed to write it, when degraded)."""
+    """The status an agent writes after it applied change (or failed to write it, when degraded)."""
     status = HostStatus(release="rel-a", revision=change.revision, epoch=change.epoch, state=state, error=error,
                         seen_at=store.server_time(), heartbeat=5.0, pid=1)
-    store.client.hset(store.keys.status(host), mapping=status.to_hash())
+    store.client.set(store.keys.host(host), status.to_json())
 
 
 def test_a_degraded_host_exits_5_and_shows_the_agents_error_until_it_is_ready(publisher_env: dict[str, str],

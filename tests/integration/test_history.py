@@ -103,12 +103,23 @@ def test_a_controller_of_the_earlier_commit_writing_to_the_new_store_is_not_appl
         fleet.store.data_set("k", '"on top"')  # and no new controller builds on what it wrote
 
 
-def test_an_unreadable_applied_file_is_reported_and_the_agent_starts_as_a_new_host(fleet: Fleet) -> None:
+@pytest.mark.parametrize("plant", ["not json", "a symlink", "a fifo"])
+def test_an_unreadable_applied_file_is_reported_and_the_agent_starts_as_a_new_host(fleet: Fleet, plant: str,
+                                                                                   tmp_path: Path) -> None:
+    """Not JSON, or (planted by the agent's user) a symlink or a FIFO: reported, replaced, never followed."""
     agent = fleet.agent("web1")
     change = fleet.store.data_set("k", '"v"')
     fleet.wait_revision(agent, change.revision)
     agent.stop()
-    (agent.shared / "applied.json").write_text("{not json")
+    applied = agent.shared / "applied.json"
+    applied.unlink()
+    if plant == "not json":
+        applied.write_text("{not json")
+    elif plant == "a symlink":
+        (tmp_path / "elsewhere.json").write_text(json.dumps({"epoch": "x", "revision": 1, "id": "y", "left": []}))
+        applied.symlink_to(tmp_path / "elsewhere.json")
+    else:
+        os.mkfifo(applied)  # a reader that followed it would block the agent's start for good
     pid = fleet.status("web1")["pid"]
     agent.start()
     eventually(lambda: "starting as a new host would" in agent.log(), what="the unreadable file reported")

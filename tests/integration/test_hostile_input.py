@@ -251,7 +251,7 @@ async def test_an_unexpected_error_ends_the_session_not_the_process(fleet, monke
     change = fleet.store.data_set("k", '"v"')
     await until(lambda: "injected fault" in fleet.status("web1").get("error", ""), "the cause in the status")
     assert fleet.status("web1")["state"] == "degraded"
-    await until(lambda: fleet.status("web1").get("revision") == str(change.revision), "the change landed")
+    await until(lambda: fleet.status("web1").get("revision") == change.revision, "the change landed")
     assert json.loads((handle.shared / "data.json").read_text()) == {"k": "v"}
     assert not running.done()
     agent.should_exit.set()
