@@ -3,8 +3,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Debian packages the controller needs: Redis for the tests, OpenSSH, the fleet harness's tools.
-APT_PACKAGES := redis-server openssh-client debootstrap systemd-container python3-venv rsync nftables
+# Debian packages the controller needs: Redis for the tests, OpenSSH, the fleet harness's tools, and the browser the
+# live stream's end-to-end tests drive (Playwright with Debian's chromium, never a browser of its own).
+APT_PACKAGES := redis-server openssh-client debootstrap systemd-container python3-venv rsync nftables chromium
 
 .PHONY: venv test test-fast lint system-deps clean demo demo-down bench
 

@@ -157,6 +157,7 @@ class AgentGroup:
     workdir: Path
     templates: Path | None = REPO / "templates"
     log_level: str = "info"
+    extra_config: str = ""  # more of each agent's config.toml, e.g. a [live] section
     agents: list[LocalAgent] = field(default_factory=list)
 
     def add(self, count: int, start_index: int | None = None) -> list[LocalAgent]:
@@ -177,7 +178,7 @@ class AgentGroup:
                 f'[agent]\nhost = "{host}"\nnamespace = "{NAMESPACE}"\nrelease_root = "{base / "srv"}"\n'
                 f'{templates}log_level = "{self.log_level}"\n\n'
                 f'[redis]\nurl = "{self.redis.url}"\nusername = "{agent_user(host)}"\n'
-                f'password_file = "{password_file}"\n')
+                f'password_file = "{password_file}"\n{self.extra_config.format(base=base)}')
             agent = LocalAgent(host, base)
             log = open(base / "agent.log", "ab")  # noqa: SIM115 - handed to the child
             agent.process = subprocess.Popen([str(BIN / "sync-agent"), "run", "--config", str(base / "config.toml")],

@@ -22,7 +22,7 @@ from typing import Any
 
 from bench.common import RESULTS, machine, write_result
 
-NAMES = ("propagation", "footprint", "scale", "fleet")
+NAMES = ("propagation", "footprint", "scale", "fleet", "live")
 
 FULL: dict[str, dict[str, Any]] = {
     "propagation": {"sizes": [1, 10, 100], "steady_count": 1000, "steady_rate": 50.0, "burst_count": 1000,
@@ -31,6 +31,8 @@ FULL: dict[str, dict[str, Any]] = {
     "scale": {"steps": [100, 200], "changes": 200, "rate": 20.0},
     "fleet": {"skew_sizes": [3, 5], "rollouts": 20, "flips": 6, "files": 2000, "total_bytes": 50_000_000,
               "reps": 3, "sample": 100},
+    "live": {"steps": [1000, 5000, 10000, 15000, 20000], "changes": 20, "gap": 0.2, "apply_count": 500,
+             "apply_rate": 50.0, "apply_at": [1000, 5000]},
 }
 QUICK: dict[str, dict[str, Any]] = {
     "propagation": {"sizes": [1, 10], "steady_count": 200, "steady_rate": 50.0, "burst_count": 300,
@@ -39,6 +41,8 @@ QUICK: dict[str, dict[str, Any]] = {
     "scale": {"steps": [20, 50], "changes": 100, "rate": 20.0},
     "fleet": {"skew_sizes": [3, 5], "rollouts": 4, "flips": 2, "files": 300, "total_bytes": 5_000_000,
               "reps": 1, "sample": 10},
+    "live": {"steps": [1000, 5000], "changes": 10, "gap": 0.2, "apply_count": 200, "apply_rate": 50.0,
+             "apply_at": [1000, 5000]},
 }
 
 
@@ -57,6 +61,10 @@ def run_one(name: str, params: dict[str, Any], work: Path) -> dict[str, Any]:
     if name == "scale":
         from bench import scale
         return scale.run(params["steps"], params["changes"], params["rate"], work, log)
+    if name == "live":
+        from bench import live_fanout
+        return live_fanout.run(params["steps"], params["changes"], params["gap"], params["apply_count"],
+                               params["apply_rate"], params["apply_at"], work, log)
     from bench import fleet_bench
     return fleet_bench.run(work, params["skew_sizes"], params["rollouts"], params["flips"], params["files"],
                            params["total_bytes"], params["reps"], params["sample"], log)
@@ -138,6 +146,20 @@ def table(results: dict[str, dict[str, Any]]) -> str:
                          f"{r['redis_cpu_percent_load']}% | PSS {r['pss_mb_per_agent']} MB/agent → "
                          f"{r['fit_in_12gb']} fit in 12 GB | – | ≥ 200 agents | "
                          f"{'yes' if r['agents'] >= 200 else '–'} |")
+    live = results.get("live")
+    if live:
+        for r in live["rows"]:
+            lines.append(f"| 6 live fan-out, {r['streams']:,} streams on one agent | p50 {_ms(r['median_ms'])} / p99 "
+                         f"{_ms(r['p99_ms'])} / max {_ms(r['max_ms'])} ms from the publish call to each stream's "
+                         f"`id:` ({r['samples']:,} receipts, {r['missing']} missing); agent RSS {r['agent_rss_mb_after']} MB, "
+                         f"{r['kib_per_stream']} KiB per stream | – | – | p99 ≤ 100 ms at ≥ 5,000 | "
+                         f"{'yes' if r['target_met'] else 'no'} |")
+        wo = live["apply"]["without_streams"]
+        for w in live["apply"]["with_streams"]:
+            lines.append(f"| 6 apply path with {w['streams']:,} streams open, {live['config']['apply_rate_per_s']:g} "
+                         f"changes/s | p50 {_ms(w['median_ms'])} / p99 {_ms(w['p99_ms'])} ms | without streams: p50 "
+                         f"{_ms(wo['median_ms'])} / p99 {_ms(wo['p99_ms'])} ms | {w['p99_ratio']}× p99 | ≤ 1× | "
+                         f"{'yes' if w['p99_ratio'] <= 1 else 'no'} |")
     return "\n".join(lines)
 
 
