@@ -290,7 +290,7 @@ def test_data_commands_reach_every_host_and_answer_in_json(deployed: Deployment)
     assert deleted["revision"] > set_result["revision"]
     wait_until(lambda: all("banner" not in deployed.env_js(h)["data"] for h in deployed.web_hosts),
                timeout=10, what="every host to drop the banner from env.js")
-    assert fab_json(deployed, "data-del", "banner") == {"key": "banner", "deleted": False}
+    assert fab_json(deployed, "data-del", "banner") == {"key": "banner", "deleted": False, "private": False}
     missing = deployed.fab("data-get", "banner")
     assert missing.returncode == 2 and "no data key 'banner'" in missing.stderr
     bad = deployed.fab("data-set", "banner", "{not json")
