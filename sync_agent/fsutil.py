@@ -113,7 +113,8 @@ def syncfs(path: StrPath) -> None:
 
 # --- paths a root-run step may trust ------------------------------------------------------------------------
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# A folder opened without following a symlink at its last component (every step that must not follow one).
+DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def open_dir_nofollow(path: StrPath, trusted: bool = False) -> int:
@@ -121,7 +122,7 @@ def open_dir_nofollow(path: StrPath, trusted: bool = False) -> int:
     anywhere on the way is refused, not followed. With trusted, every folder on the way must also be one that
     only root or this process' user can change (else another user could swap what comes after it)."""
     absolute = os.path.abspath(os.fspath(path))
-    fd = os.open("/", _DIR_FLAGS)
+    fd = os.open("/", DIR_NOFOLLOW)
     walked = "/"
     try:
         if trusted:
@@ -129,7 +130,7 @@ def open_dir_nofollow(path: StrPath, trusted: bool = False) -> int:
         for name in [part for part in absolute.split("/") if part]:
             walked = os.path.join(walked, name)
             try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                child = os.open(name, DIR_NOFOLLOW, dir_fd=fd)
             except OSError as err:
                 if err.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise UnsafePath(f"{walked} is {_what_is(fd, name)}, not a folder: not followed") from err

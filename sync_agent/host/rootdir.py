@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UnsafePath, UsageError
-from ..fsutil import StrPath, open_dir_nofollow
+from ..fsutil import DIR_NOFOLLOW, StrPath, open_dir_nofollow
 from ..layout import CURRENT, LIVE, POOL, PREVIOUS, PRIVATE, RELEASES, SHARED, link_target
 
 log = logging.getLogger(__name__)
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MODE = 0o755
 _PRIVATE_MODE = 0o750  # the agent's user and group only: never nginx's (host/shared_data.py PRIVATE_DIR_MODE)
 
@@ -96,7 +95,7 @@ def _folder(plan: LayoutPlan, parent_fd: int, path: Path, uid: int, gid: int,
         if not stat.S_ISDIR(info.st_mode):
             raise UnsafePath(f"{path} is {_describe(parent_fd, path.name, info)}, not a folder: nothing was "
                              "changed; check what made it (the agent's user?), remove it, then deploy again")
-    fd = os.open(path.name, _DIR_FLAGS, dir_fd=parent_fd)
+    fd = os.open(path.name, DIR_NOFOLLOW, dir_fd=parent_fd)
     try:
         info = os.fstat(fd)
         owned = (info.st_uid, info.st_gid) == (uid, gid)

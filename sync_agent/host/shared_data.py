@@ -110,6 +110,15 @@ class ReleaseInfo:
     label: str
 
 
+def _read_json(path: Path) -> Any:
+    """A data file the agent wrote, None when there is none: never through a symlink, at most DATA_LIMIT bytes."""
+    try:
+        raw = read_nofollow(path, DATA_LIMIT)
+    except FileNotFoundError:
+        return None
+    return load_json(raw)
+
+
 def is_private_template(name: str) -> bool:
     return name.endswith(PRIVATE_TEMPLATE_SUFFIX)
 
@@ -161,13 +170,7 @@ class SharedFiles:
     def read_private(self) -> Any:
         """private/data.json as written, None when there is none (an agent from before private data). Read without
         following a symlink, as read_data."""
-        if self.private_dir is None:
-            return None
-        try:
-            raw = read_nofollow(self.private_dir / PRIVATE_DATA_FILE, DATA_LIMIT)
-        except FileNotFoundError:
-            return None
-        return load_json(raw)
+        return None if self.private_dir is None else _read_json(self.private_dir / PRIVATE_DATA_FILE)
 
     def write_data(self, data: dict[str, Any]) -> None:
         """Replace data.json with the whole data set, keys sorted so equal data gives equal bytes."""
@@ -182,11 +185,7 @@ class SharedFiles:
     def read_data(self) -> Any:
         """data.json as written, None when there is none. Read without following a symlink: root reads it too
         (`sync-agent status --data`, for `fab recover`), and the agent's user could plant one there."""
-        try:
-            raw = read_nofollow(self.shared_dir / DATA_FILE, DATA_LIMIT)
-        except FileNotFoundError:
-            return None
-        return load_json(raw)
+        return _read_json(self.shared_dir / DATA_FILE)
 
     def read_applied(self) -> tuple[Point | None, list[str]]:
         """What write_applied kept: (None, []) when there is nothing (a new host, or one from before the chain);
