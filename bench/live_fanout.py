@@ -1,12 +1,16 @@
 """Benchmark 6, the live stream's fan-out: how many open streams one agent serves, each getting a change within
 100 ms p99, and what a stream costs in memory; and the agent's apply path with the streams open vs. without.
 
-One real agent (`sync-agent run` with a `[live]` socket) against a local Redis, both pinned to CPU 0; the load
-generator (bench/live_client.py: raw non-blocking sockets, one process) pinned to CPU 1 opens N streams on the
-agent's unix socket. For each N: the agent's RSS before and after the streams opened, then `changes` data changes
+One real agent (`sync-agent run` with a `[live]` socket) and its fan-out process against a local Redis, all pinned
+to CPU 0; the load generator (bench/live_client.py: raw non-blocking sockets, one process) pinned to CPU 1 opens N
+streams on the agent's unix socket. For each N: the RSS of the agent and its fan-out before and after the streams
+opened, then `changes` data changes
 published by the generator itself (the time taken just before the publish call, CLOCK_MONOTONIC) and the latency
 from there to each stream's receipt of the change's `id:`. The apply path: `propagation`'s steady load (publish →
-`data.json` renamed, seen by inotify) without streams, then with the first N's streams open and read.
+`data.json` renamed, seen by inotify) without streams, then with the first N's streams open and read, then without
+streams again (the two runs without streams are how far this machine's noise goes); and with the streams open but
+the fan-out process stopped (SIGSTOP), which leaves the agent's own part of every change and takes away the CPU
+that sending to the streams (and the generator's receiving) takes from this 2-core machine.
 Nothing here passes or fails: the figures and ratios are the output (docs/performance.md).
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -39,9 +44,25 @@ def _cap(requested: list[int]) -> tuple[list[int], int]:
     return sorted({min(n, ceiling) for n in requested}), hard
 
 
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants (the agent and its fan-out process)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += _tree(int(child))
+    return found
+
+
 def _pin(pid: int, cpu: int) -> None:
+    """Every thread of pid and of its descendants on cpu: the host under test is the agent with its fan-out."""
     if (os.cpu_count() or 1) > cpu:
-        os.sched_setaffinity(pid, {cpu})
+        for process in _tree(pid):
+            for task in Path(f"/proc/{process}/task").iterdir():
+                os.sched_setaffinity(int(task.name), {cpu})
+
+
+def _rss(pid: int) -> int:
+    return sum(rss_bytes(process) for process in _tree(pid))
 
 
 class Generator:
@@ -88,6 +109,19 @@ def _apply_path(publisher: Publisher, shared: Path, workdir: Path, count: int, r
     return _summarise(latencies) | {"missing": missing}
 
 
+def _apply_path_fanout_paused(agent_pid: int, publisher: Publisher, shared: Path, workdir: Path, count: int,
+                              rate: float, tag: str) -> dict[str, Any]:
+    """The apply path with the streams open and the agent doing all of its part for them (frames, ring, the feed),
+    the fan-out process stopped (SIGSTOP): what the agent's apply path costs apart from the CPU the sends take.
+    SIGCONT then sends every stream the changes it missed (the feed kept them)."""
+    fanout = next(pid for pid in _tree(agent_pid) if pid != agent_pid)
+    os.kill(fanout, signal.SIGSTOP)
+    try:
+        return _apply_path(publisher, shared, workdir, count, rate, tag)
+    finally:
+        os.kill(fanout, signal.SIGCONT)
+
+
 def _fanout_row(streams: int, result: dict[str, Any], rss_before: int, rss_after: int, open_s: float
                 ) -> dict[str, Any]:
     samples = [ms for change in result["changes"] for ms in change["latencies_ms"]]
@@ -109,7 +143,7 @@ def run(steps: list[int], changes: int, gap: float, apply_count: int, apply_rate
         workdir: Path, log: Any = print) -> dict[str, Any]:
     steps, hard_limit = _cap(steps)
     rows: list[dict[str, Any]] = []
-    apply: dict[str, Any] = {"with_streams": []}
+    apply: dict[str, Any] = {"with_streams": [], "fanout_paused": []}
     with local_redis(workdir).start() as redis:
         ensure_initialised(redis.client())
         group = AgentGroup(redis, workdir / "agents", extra_config=LIVE_CONFIG)
@@ -123,31 +157,46 @@ def run(steps: list[int], changes: int, gap: float, apply_count: int, apply_rate
             publisher = Publisher(redis)
             apply["without_streams"] = _apply_path(publisher, agent.shared, workdir, apply_count, apply_rate, "none")
             log(f"  live: apply path without streams: {apply['without_streams']}")
-            idle = rss_bytes(agent.process.pid)  # Python keeps what the streams of a step before used: the base
+            idle = _rss(agent.process.pid)  # Python keeps what the streams of a step before used: the base
             for streams in steps:
                 time.sleep(1.0)  # the streams of the step before are gone
                 generator = Generator(socket, streams, redis.url, "bench", workdir / f"live-{streams}.json")
                 try:
-                    after = rss_bytes(agent.process.pid)
+                    after, agent_alone = _rss(agent.process.pid), rss_bytes(agent.process.pid)
                     row = _fanout_row(streams, generator.changes(changes, gap, 10.0), idle, after,
                                       generator.open_s)
                     row["generator_rss_mb"] = round(generator.rss / 2**20, 1)
+                    row["fanout_rss_mb"] = round((after - agent_alone) / 2**20, 1)
                     rows.append(row)
                     log(f"  live: {streams} streams: p50 {row['median_ms']} / p99 {row['p99_ms']} / max "
-                        f"{row['max_ms']} ms, {row['kib_per_stream']} KiB/stream, missing {row['missing']}, "
+                        f"{row['max_ms']} ms, {row['kib_per_stream']} KiB/stream (fan-out {row['fanout_rss_mb']} MB), missing {row['missing']}, "
                         f"generator CPU {row['generator_cpu_share']}")
                     if streams in apply_at:
                         apply["with_streams"].append(_apply_path(publisher, agent.shared, workdir, apply_count,
                                                                  apply_rate, f"streams{streams}")
                                                      | {"streams": streams})
                         log(f"  live: apply path with {streams} streams: {apply['with_streams'][-1]}")
+                        apply["fanout_paused"].append(_apply_path_fanout_paused(agent.process.pid, publisher,
+                                                                                agent.shared, workdir, apply_count,
+                                                                                apply_rate, f"paused{streams}")
+                                                      | {"streams": streams})
+                        log(f"  live: apply path with {streams} streams, the fan-out paused: "
+                            f"{apply['fanout_paused'][-1]}")
                 finally:
                     generator.stop()
+            if apply["with_streams"]:  # the same load without streams once more: how far two such runs differ
+                time.sleep(1.0)
+                apply["without_streams_again"] = _apply_path(publisher, agent.shared, workdir, apply_count,
+                                                             apply_rate, "again")
+                log(f"  live: apply path without streams, again: {apply['without_streams_again']}")
         finally:
             group.stop()
-    for row in apply["with_streams"]:
+    baselines = [apply[name] for name in ("without_streams", "without_streams_again") if name in apply]
+    for row in apply["with_streams"] + apply["fanout_paused"]:
         row["p99_ratio"] = round(row["p99_ms"] / apply["without_streams"]["p99_ms"], 2)
         row["median_ratio"] = round(row["median_ms"] / apply["without_streams"]["median_ms"], 2)
+        # "no slower": within what this machine gives the same load without streams
+        row["no_slower"] = row["p99_ms"] <= max(b["p99_ms"] for b in baselines)
     met = [row["streams"] for row in rows if row["target_met"]]
     return {"config": {"steps": steps, "changes_per_step": changes, "gap_s": gap, "apply_changes": apply_count,
                        "apply_rate_per_s": apply_rate, "apply_at": apply_at, "rlimit_nofile_hard": hard_limit,

@@ -5,4 +5,4 @@ receiver) and on the controller (the control plane that Fabric and the
 release play call).
 """
 
-__version__ = "0.4.0"
+__version__ = "0.4.1"

@@ -46,7 +46,7 @@ from ..snapshot import Snapshot
 from .bus import CONNECTION_ERRORS, Backoff, Bus, describe
 from .config import AgentConfig, load_config
 from .decisions import Verdict
-from .live import LiveServer, read_record
+from .live.server import LiveServer, read_record
 from .notify import Notifier, watchdog_interval
 from .releases import PreparedSwitch
 from .shared_data import APPLIED_FILE, DATA_FILE, ReleaseInfo, SharedFiles, install_client
@@ -229,7 +229,7 @@ class Agent:
         self.should_exit = asyncio.Event()
         self.force_exit = False
         self._main_task: asyncio.Task[None] | None = None
-        self.live = LiveServer(config.live, config.host) if config.live is not None else None
+        self.live = LiveServer(config.live, config.host, config.log_level) if config.live is not None else None
 
     # --- state ----------------------------------------------------------------------------------
 

@@ -156,11 +156,14 @@ def set_banner(deployed: Deployment, text: str) -> float:
 
 
 def open_streams(deployed: Deployment, host: str) -> int:
-    """Streams host's agent holds on its socket. The fleet's hosts share the controller's network namespace, so `ss`
-    lists every host's socket under the same path: the agent's pid picks out this host's."""
+    """Streams host's agent holds on its socket, its fan-out process included. The fleet's hosts share the
+    controller's network namespace, so `ss` lists every host's socket under the same path: the pids of the agent
+    and of its children pick out this host's."""
     pid = agent_pid(deployed, host)
+    children = deployed.ssh(host, f"cat /proc/{pid}/task/{pid}/children").split()
     out = deployed.ssh(host, "ss -xHp state established")
-    return sum(1 for line in out.splitlines() if LIVE_SOCKET in line and f"pid={pid}," in line)
+    return sum(1 for line in out.splitlines()
+               if LIVE_SOCKET in line and any(f"pid={p}," in line for p in (pid, *children)))
 
 
 def no_page_errors(live: LivePages) -> None:

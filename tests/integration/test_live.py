@@ -3,10 +3,14 @@ socket, as nginx would pass it on."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -274,3 +278,52 @@ def test_an_agent_whose_live_socket_cannot_open_runs_without_it(fleet, live):
     fleet.wait_revision(agent, change.revision)
     fleet.wait_data(agent, {"a": 1})
     assert "cannot open the live stream" in agent.log() and "running without it" in agent.log()
+
+
+def fanout_pid(agent: Any) -> int | None:
+    """The agent's fan-out process (its one child that runs sync_agent.host.live.fanout), if it has one now."""
+    pid = agent.process.pid
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        with contextlib.suppress(OSError):
+            if b"sync_agent.host.live.fanout" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return int(child)
+    return None
+
+
+def open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_the_streams_live_in_the_fanout_process_which_comes_back_when_it_dies(fleet, live):
+    agent = live.agent("web1")
+    seen = fleet.store.data_set("a", "1")
+    fleet.wait_revision(agent, seen.revision)
+    before = open_files(agent.process.pid)
+    pages = [live.stream("web1") for _ in range(40)]
+    for page in pages:
+        assert page.next().id == event_id(seen)
+    fanout = fanout_pid(agent)
+    assert fanout is not None and open_files(fanout) >= 40
+    assert open_files(agent.process.pid) <= before + 2  # the agent keeps no file per stream
+    changed = fleet.store.data_set("a", "2")
+    assert all(page.next().id == event_id(changed) for page in pages)
+
+    os.kill(fanout, signal.SIGKILL)
+    for page in pages:  # every stream ends; the browser reconnects with its last id
+        with pytest.raises((EOFError, ConnectionResetError)):
+            page.next(timeout=5)
+    missed = fleet.store.data_set("a", "3")
+    status = fleet.wait_revision(agent, missed.revision)  # the agent applied it meanwhile, and is ready
+    assert status["state"] == "ready"
+    eventually(lambda: fanout_pid(agent) not in (None, fanout), what="a new fan-out process")
+
+    def resumed() -> Stream | None:
+        page = live.stream("web1", event_id(changed))
+        return page if page.status == 200 else None  # 503 + Retry-After while the new one starts
+
+    page = eventually(resumed, what="a stream from the new fan-out")
+    events = page.events(2)
+    assert data_events(events[:1]) == [("set", "a", 3)] and events[0].id == event_id(missed)
+    assert "the live fan-out ended" in agent.log() and "resume" in agent.log()
+    after = fleet.store.data_set("a", "4")
+    assert page.next().id == event_id(after)

@@ -1,10 +1,10 @@
-"""The agent's HTTP listener and the live stream's fan-out: asyncio streams on a unix socket behind nginx.
+"""The agent's HTTP listener and the live stream: asyncio streams on a unix socket behind nginx.
 
-Routes are a table (path → handler), so health and metrics can join `/_sync/events` later. The fan-out keeps the
-agent's apply path free of its clients: `update` asks LiveState for the frames (pure), appends them to a pending
-list and wakes one task; that task writes them to each client's transport without awaiting any client, and a
-client whose unsent bytes pass `client_buffer` has fallen behind and is dropped (it reconnects with its
-Last-Event-ID and resumes). So a stalled browser costs its own buffer, never the agent's time or another page's.
+Routes are a table (path → handler), so health and metrics can join `/_sync/events` later. The agent answers a
+stream's request (the resume or the snapshot needs its state: hub.py) and then hands the connected socket to the
+fan-out process (feed.py, fanout.py), which alone writes to it from there on: `update` encodes each change once
+(LiveState, pure) and writes it once to the fan-out, whatever the number of pages. So a stalled browser, or twenty
+thousand of them, costs the agent's apply path one write per change, never a write per page.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from ...protocol import Keys, Message
 from ...snapshot import Point
 from ..config import LiveOptions
 from ..shared_data import ReleaseInfo
+from .feed import FanoutProcess
 from .http import MAX_HEAD_BYTES, Request, parse_request, response_head, text_response
 from .hub import How, LiveState, Resume, StoreRecord
 from .listener import BACKLOG, open_listener
-from .sse import PING, comment, retry
+from .sse import comment, retry
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,6 @@ EVENTS_PATH = "/_sync/events"
 HEAD_TIMEOUT = 10.0  # seconds a connection may take to send its request head
 WAIT_AHEAD = 2.0  # seconds a client whose id is ahead of this host waits for the host to get there
 RETRY_MS = (1000, 3000)  # each stream's reconnect delay is drawn from this range: an agent restart spreads out
-FANOUT_SLICE = 256  # clients written to between two yields to the event loop
 STORE_RESUMES_KEPT = 64  # resumes from the store's log kept for the current point (pages at the same id share one)
 STREAM_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-store",
                   "X-Accel-Buffering": "no"}
@@ -54,34 +54,19 @@ async def read_record(client: redis.asyncio.Redis, keys: Keys) -> StoreRecord:
     return StoreRecord.parse(epoch, logged, changes)
 
 
-class _Client:
-    """One open stream: its transport, and the sequence number of the last chunk it was given."""
-
-    __slots__ = ("seq", "transport")
-
-    def __init__(self, transport: asyncio.WriteTransport, seq: int) -> None:
-        self.transport = transport
-        self.seq = seq
-
-
 class LiveServer:
     """The listener, the streams and their fan-out, for one agent."""
 
-    def __init__(self, options: LiveOptions, host: str) -> None:
+    def __init__(self, options: LiveOptions, host: str, log_level: str = "INFO") -> None:
         self.options = options
         self.state = LiveState(host, options.ring)
         self.store: StoreReader | None = None  # set by the agent while it has a Redis session
         self.routes: dict[str, Handler] = {EVENTS_PATH: self._events}
-        self.clients: set[_Client] = set()
-        self.dropped = 0  # clients dropped for falling behind, since the start
-        self.connections = 0
+        self.fanout = FanoutProcess(options, log_level)
+        self.connections = 0  # requests being answered here (a stream is the fan-out's once it started)
         self._server: asyncio.AbstractServer | None = None
         self._bound: Path | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
-        self._fanout_task: asyncio.Task[None] | None = None
-        self._pending: list[tuple[int, bytes]] = []
-        self._seq = 0
-        self._wake = asyncio.Event()
         self._updated = asyncio.Event()  # set and replaced at every update: what a waiting client waits on
         self._record: StoreRecord | None = None  # the last read of the store's record, while it covers the point
         self._record_read: asyncio.Task[StoreRecord] | None = None
@@ -96,7 +81,7 @@ class LiveServer:
         # (nginx answers 502), so keep the one the socket was made with.
         self._server = await asyncio.start_unix_server(self._connected, sock=sock, limit=MAX_HEAD_BYTES,
                                                        backlog=BACKLOG)
-        self._fanout_task = asyncio.create_task(self._fanout(), name="live-fanout")
+        await self.fanout.start()
         log.info("live stream on %s (%s), at most %d clients", sock.getsockname() or self.options.socket,
                  "bound by the agent" if bound else "from systemd", self.options.max_clients)
 
@@ -104,10 +89,8 @@ class LiveServer:
         """Stop accepting, close every stream (browsers reconnect and resume), end every task."""
         if self._server is not None:
             self._server.close()
-        for client in list(self.clients):
-            client.transport.abort()
-        self.clients.clear()
-        tasks = [task for task in (*self._handlers, self._fanout_task, self._record_read) if task is not None]
+        await self.fanout.stop()
+        tasks = [task for task in (*self._handlers, self._record_read) if task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -119,62 +102,11 @@ class LiveServer:
 
     def update(self, point: Point, data: dict[str, Any], changes: Sequence[Message] | None,
                release: ReleaseInfo | None) -> None:
-        """The agent's state after a batch landed. Costs the frames' encoding and an append: no client I/O."""
-        frames = self.state.update(point, data, changes, release)
-        if frames:
-            self._broadcast(frames)
+        """The agent's state after a batch landed. Costs the frames' encoding and one write to the fan-out."""
+        self.fanout.send(self.state.update(point, data, changes, release))
         self._from_store.clear()
         self._updated.set()
         self._updated = asyncio.Event()
-
-    def _broadcast(self, frames: bytes) -> None:
-        self._seq += 1
-        self._pending.append((self._seq, frames))
-        self._wake.set()
-
-    # --- fan-out ----------------------------------------------------------------------------------
-
-    async def _fanout(self) -> None:
-        """Write pending frames to every client, and a ping every heartbeat; yields to the agent between slices."""
-        loop = asyncio.get_running_loop()
-        next_ping = loop.time() + self.options.heartbeat
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, next_ping - loop.time())):
-                    await self._wake.wait()
-            self._wake.clear()
-            if loop.time() >= next_ping:
-                self._broadcast(PING)
-                self._wake.clear()
-                next_ping = loop.time() + self.options.heartbeat
-            pending, self._pending = self._pending, []
-            if not pending:
-                continue
-            first, last = pending[0][0], pending[-1][0]
-            joined = b"".join(frames for _, frames in pending)
-            for index, client in enumerate(list(self.clients)):
-                if client.seq >= last or client not in self.clients:
-                    continue
-                chunk = joined if client.seq < first else b"".join(f for seq, f in pending if seq > client.seq)
-                client.seq = last
-                self._send(client, chunk)
-                if index % FANOUT_SLICE == FANOUT_SLICE - 1:
-                    await asyncio.sleep(0)
-
-    def _send(self, client: _Client, chunk: bytes) -> None:
-        transport = client.transport
-        if transport.is_closing():
-            self.clients.discard(client)
-            return
-        unsent = transport.get_write_buffer_size()
-        if unsent > self.options.client_buffer:
-            self.clients.discard(client)
-            self.dropped += 1
-            log.info("dropped a live client that fell behind (%d bytes unsent); it resumes when it reconnects",
-                     unsent)
-            transport.abort()
-            return
-        transport.write(chunk)
 
     # --- connections ------------------------------------------------------------------------------
 
@@ -193,7 +125,7 @@ class LiveServer:
             self.connections -= 1
             if task is not None:
                 self._handlers.discard(task)
-            writer.close()  # after what was written (a dropped or stopped stream was aborted already)
+            writer.close()  # after what was written; a stream handed over lives on in the fan-out's copy
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -209,7 +141,7 @@ class LiveServer:
         if request is None:
             writer.write(text_response(400, "not an HTTP/1.x request"))
             return
-        if self.connections > self.options.max_clients:
+        if self.connections + self.fanout.streams > self.options.max_clients:
             writer.write(text_response(503, "too many live clients on this host; retry later", {"Retry-After": "5"}))
             return
         handler = self.routes.get(request.path)
@@ -227,19 +159,17 @@ class LiveServer:
             await self._updated.wait()
         last = request.headers.get("last-event-id") or request.query.get("last_event_id")
         resume = await self._resume(last)
-        # From here to the client's registration nothing awaits: no frame can fall between the two.
+        # From here to the hand-over nothing awaits: no frame can fall between the two.
         start = response_head(200, STREAM_HEADERS) + retry(random.randint(*RETRY_MS)) + comment(resume.how.value +
                                                                                               ": " + resume.why)
         body = resume.frames if resume.how is not How.SNAPSHOT else self.state.snapshot()
-        writer.write(start + body)
-        client = _Client(writer.transport, self._seq)
-        self.clients.add(client)
-        log.debug("a live stream starts (%d open) with %s: %s", len(self.clients), resume.how.value, resume.why)
-        try:
-            while await reader.read(4096):  # a client sends nothing after its request; EOF ends the stream
-                pass
-        finally:
-            self.clients.discard(client)
+        sock = writer.get_extra_info("socket")
+        if isinstance(writer.transport, asyncio.ReadTransport):  # it must not see an EOF and close the socket
+            writer.transport.pause_reading()  # before the fan-out has it
+        if sock is None or not await self.fanout.hand_over(sock, start + body):
+            writer.write(text_response(503, "the live stream is restarting on this host; retry", {"Retry-After": "1"}))
+            return
+        log.debug("a live stream starts (%d open) with %s: %s", self.fanout.streams, resume.how.value, resume.why)
 
     async def _resume(self, last_event_id: str | None) -> Resume:
         resume = self.state.plan(last_event_id)
