@@ -8,9 +8,10 @@ opened, then `changes` data changes
 published by the generator itself (the time taken just before the publish call, CLOCK_MONOTONIC) and the latency
 from there to each stream's receipt of the change's `id:`. The apply path: `propagation`'s steady load (publish →
 `data.json` renamed, seen by inotify) without streams, then with the first N's streams open and read, then without
-streams again (the two runs without streams are how far this machine's noise goes); and with the streams open but
-the fan-out process stopped (SIGSTOP), which leaves the agent's own part of every change and takes away the CPU
-that sending to the streams (and the generator's receiving) takes from this 2-core machine.
+streams again (the two runs without streams are how far this machine's noise goes). With the streams open, three
+ways: the fan-out process on the agent's core (as above: one core for the whole host), the fan-out on the
+generator's core (as on a host with a core to spare), and the fan-out stopped (SIGSTOP: the agent's own part of
+every change alone, none of the CPU that the sends and the generator's reads take; SIGCONT then sends the backlog).
 Nothing here passes or fails: the figures and ratios are the output (docs/performance.md).
 """
 
@@ -109,17 +110,8 @@ def _apply_path(publisher: Publisher, shared: Path, workdir: Path, count: int, r
     return _summarise(latencies) | {"missing": missing}
 
 
-def _apply_path_fanout_paused(agent_pid: int, publisher: Publisher, shared: Path, workdir: Path, count: int,
-                              rate: float, tag: str) -> dict[str, Any]:
-    """The apply path with the streams open and the agent doing all of its part for them (frames, ring, the feed),
-    the fan-out process stopped (SIGSTOP): what the agent's apply path costs apart from the CPU the sends take.
-    SIGCONT then sends every stream the changes it missed (the feed kept them)."""
-    fanout = next(pid for pid in _tree(agent_pid) if pid != agent_pid)
-    os.kill(fanout, signal.SIGSTOP)
-    try:
-        return _apply_path(publisher, shared, workdir, count, rate, tag)
-    finally:
-        os.kill(fanout, signal.SIGCONT)
+def _fanout_pid(agent_pid: int) -> int:
+    return next(pid for pid in _tree(agent_pid) if pid != agent_pid)
 
 
 def _fanout_row(streams: int, result: dict[str, Any], rss_before: int, rss_after: int, open_s: float
@@ -143,7 +135,7 @@ def run(steps: list[int], changes: int, gap: float, apply_count: int, apply_rate
         workdir: Path, log: Any = print) -> dict[str, Any]:
     steps, hard_limit = _cap(steps)
     rows: list[dict[str, Any]] = []
-    apply: dict[str, Any] = {"with_streams": [], "fanout_paused": []}
+    apply: dict[str, Any] = {"with_streams": [], "fanout_own_core": [], "fanout_paused": []}
     with local_redis(workdir).start() as redis:
         ensure_initialised(redis.client())
         group = AgentGroup(redis, workdir / "agents", extra_config=LIVE_CONFIG)
@@ -176,10 +168,23 @@ def run(steps: list[int], changes: int, gap: float, apply_count: int, apply_rate
                                                                  apply_rate, f"streams{streams}")
                                                      | {"streams": streams})
                         log(f"  live: apply path with {streams} streams: {apply['with_streams'][-1]}")
-                        apply["fanout_paused"].append(_apply_path_fanout_paused(agent.process.pid, publisher,
-                                                                                agent.shared, workdir, apply_count,
-                                                                                apply_rate, f"paused{streams}")
-                                                      | {"streams": streams})
+                        fanout = _fanout_pid(agent.process.pid)
+                        _pin(fanout, GENERATOR_CPU)
+                        try:
+                            apply["fanout_own_core"].append(_apply_path(publisher, agent.shared, workdir,
+                                                                        apply_count, apply_rate, f"own{streams}")
+                                                            | {"streams": streams})
+                        finally:
+                            _pin(fanout, AGENT_CPU)
+                        log(f"  live: apply path with {streams} streams, the fan-out on CPU {GENERATOR_CPU}: "
+                            f"{apply['fanout_own_core'][-1]}")
+                        os.kill(fanout, signal.SIGSTOP)
+                        try:
+                            apply["fanout_paused"].append(_apply_path(publisher, agent.shared, workdir,
+                                                                      apply_count, apply_rate, f"paused{streams}")
+                                                          | {"streams": streams})
+                        finally:
+                            os.kill(fanout, signal.SIGCONT)  # the feed kept every change: the streams catch up
                         log(f"  live: apply path with {streams} streams, the fan-out paused: "
                             f"{apply['fanout_paused'][-1]}")
                 finally:
@@ -192,7 +197,7 @@ def run(steps: list[int], changes: int, gap: float, apply_count: int, apply_rate
         finally:
             group.stop()
     baselines = [apply[name] for name in ("without_streams", "without_streams_again") if name in apply]
-    for row in apply["with_streams"] + apply["fanout_paused"]:
+    for row in apply["with_streams"] + apply["fanout_own_core"] + apply["fanout_paused"]:
         row["p99_ratio"] = round(row["p99_ms"] / apply["without_streams"]["p99_ms"], 2)
         row["median_ratio"] = round(row["median_ms"] / apply["without_streams"]["median_ms"], 2)
         # "no slower": within what this machine gives the same load without streams

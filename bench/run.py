@@ -31,7 +31,7 @@ FULL: dict[str, dict[str, Any]] = {
     "scale": {"steps": [100, 200], "changes": 200, "rate": 20.0},
     "fleet": {"skew_sizes": [3, 5], "rollouts": 20, "flips": 6, "files": 2000, "total_bytes": 50_000_000,
               "reps": 3, "sample": 100},
-    "live": {"steps": [1000, 5000, 10000, 15000, 20000], "changes": 20, "gap": 0.2, "apply_count": 500,
+    "live": {"steps": [1000, 5000, 10000, 15000, 20000], "changes": 20, "gap": 0.2, "apply_count": 1000,
              "apply_rate": 50.0, "apply_at": [1000, 5000]},
 }
 QUICK: dict[str, dict[str, Any]] = {
@@ -156,9 +156,10 @@ def table(results: dict[str, dict[str, Any]]) -> str:
                          f"{'yes' if r['target_met'] else 'no'} |")
         wo, again = live["apply"]["without_streams"], live["apply"].get("without_streams_again")
         spread = f", again after: p99 {_ms(again['p99_ms'])} ms" if again else ""
-        paused = [dict(w, paused=True) for w in live["apply"].get("fanout_paused", [])]
-        for w in live["apply"]["with_streams"] + paused:
-            what = ", the fan-out paused (the agent's part alone)" if w.get("paused") else ""
+        variants = [(w, "") for w in live["apply"]["with_streams"]]
+        variants += [(w, ", the fan-out on the generator's core") for w in live["apply"].get("fanout_own_core", [])]
+        variants += [(w, ", the fan-out paused (the agent's part alone)") for w in live["apply"].get("fanout_paused", [])]
+        for w, what in variants:
             lines.append(f"| 6 apply path with {w['streams']:,} streams open{what}, "
                          f"{live['config']['apply_rate_per_s']:g} changes/s | p50 {_ms(w['median_ms'])} / p99 {_ms(w['p99_ms'])} ms | without streams: p50 "
                          f"{_ms(wo['median_ms'])} / p99 {_ms(wo['p99_ms'])} ms{spread} | {w['p99_ratio']}× p99 | "
