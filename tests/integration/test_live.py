@@ -327,3 +327,33 @@ def test_the_streams_live_in_the_fanout_process_which_comes_back_when_it_dies(fl
     assert "the live fan-out ended" in agent.log() and "resume" in agent.log()
     after = fleet.store.data_set("a", "4")
     assert page.next().id == event_id(after)
+
+
+def test_pages_past_the_fanouts_file_limit_are_ended_and_the_others_go_on(fleet, live):
+    agent = live.agent("web1", start=False)
+    agent.start(prefix=("prlimit", "--nofile=64:64", "--"))  # the agent and its fan-out: 64 files each
+    seen = fleet.store.data_set("a", "1")
+    fleet.wait_revision(agent, seen.revision)
+    ended, kept = 0, []
+    for _ in range(70):  # more pages than the fan-out has files for
+        try:
+            page = live.stream("web1")
+            if page.status == 200 and page.next(timeout=5).id == event_id(seen):
+                kept.append(page)
+                continue
+        except (EOFError, ConnectionResetError):  # ended before or after its status line
+            pass
+        ended += 1
+    assert ended and kept, (ended, len(kept))
+    assert "without its socket" in agent.log()
+    changed = fleet.store.data_set("a", "2")
+    assert fleet.wait_revision(agent, changed.revision)["state"] == "ready"
+    assert all(page.next().id == event_id(changed) for page in kept)  # each held stream goes on, in order
+    for page in kept:
+        page.close()
+
+    def another() -> bool:  # the ended pages were not counted as open: a page gets a stream again
+        page = live.stream("web1")
+        return page.status == 200 and page.next().id == event_id(changed)
+
+    eventually(another, what="a stream once the pages closed")

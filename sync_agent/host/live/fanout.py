@@ -62,7 +62,7 @@ class Fanout:
         self.closed = 0  # streams ended since the last report to the agent
         self.dropped = 0
         self._inbox = bytearray()
-        self._fds: deque[int] = deque()
+        self._fds: deque[int | None] = deque()  # sockets received, in the order of their records
         self._feed_open = True
         feed.setblocking(False)
         self.selector.register(feed, selectors.EVENT_READ, None)
@@ -91,17 +91,21 @@ class Fanout:
         """Take what the agent sent; every change it holds goes out in one write per stream."""
         while True:
             try:
-                data, ancillary, _flags, _ = self.feed.recvmsg(FEED_READ, socket.CMSG_SPACE(FDS_PER_READ * 4))
+                data, ancillary, flags, _ = self.feed.recvmsg(FEED_READ, socket.CMSG_SPACE(FDS_PER_READ * 4))
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as err:
                 log.error("cannot read the agent's feed: %s", err)
                 data, ancillary = b"", []
+            got = 0
             for level, kind, payload in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds = array.array("i")
                     fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
                     self._fds.extend(fds)
+                    got += len(fds)
+            if flags & socket.MSG_CTRUNC and not got:  # the kernel dropped the one socket of this read (no
+                self._fds.append(None)  # free file here): its record is skipped, the next keeps its own
             if not data:
                 self._feed_open = False
                 return
@@ -127,10 +131,12 @@ class Fanout:
             self.broadcast(b"".join(frames))
 
     def _adopt(self, first: bytes) -> None:
-        if not self._fds:  # the agent sends the socket with the record's header: this cannot happen
-            log.error("a stream was handed over without its socket; skipped")
+        fd = self._fds.popleft() if self._fds else None  # it came with the record's first byte, or was dropped
+        if fd is None:
+            log.error("a live stream was handed over without its socket (out of files?); the page reconnects")
+            self.closed += 1  # the agent counted it
             return
-        sock = socket.socket(fileno=self._fds.popleft())
+        sock = socket.socket(fileno=fd)
         sock.setblocking(False)
         stream = Stream(sock, self.client_buffer + len(first))  # a large snapshot is not falling behind
         self.streams[sock.fileno()] = stream

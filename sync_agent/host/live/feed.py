@@ -8,6 +8,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import sys
@@ -115,6 +116,12 @@ class FanoutProcess:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as err:
+                if stream is not None and err.errno == errno.ETOOMANYREFS:  # too many sockets on their way to the
+                    self._out.popleft()  # fan-out for this user's file limit: this page gets a 503 and comes back
+                    self._out_bytes -= len(data)
+                    if handed is not None and not handed.done():
+                        handed.set_result(False)
+                    continue
                 log.error("cannot write the live fan-out's feed: %s", err)
                 self._lost()
                 return
