@@ -4,9 +4,8 @@
 One real agent (`sync-agent run` with a `[live]` socket) and its fan-out process against a local Redis, all pinned
 to CPU 0; the load generator (bench/live_client.py: raw non-blocking sockets, one process) pinned to CPU 1 opens N
 streams on the agent's unix socket. For each N: the RSS of the agent and its fan-out before and after the streams
-opened, then `changes` data changes
-published by the generator itself (the time taken just before the publish call, CLOCK_MONOTONIC) and the latency
-from there to each stream's receipt of the change's `id:`. The apply path: `propagation`'s steady load (publish →
+opened, then `changes` data changes published by the generator itself (the time taken just before the publish
+call, CLOCK_MONOTONIC) and the latency from there to each stream's receipt of the change's `id:`. The apply path: `propagation`'s steady load (publish →
 `data.json` renamed, seen by inotify) without streams, then with the first N's streams open and read, then without
 streams again (the two runs without streams are how far this machine's noise goes). With the streams open, three
 ways: the fan-out process on the agent's core (as above: one core for the whole host), the fan-out on the

@@ -306,6 +306,13 @@ class DataChange:
     op: str  # "set" or "del"
     value: Any = None  # the parsed JSON value for "set"
 
+    def apply(self, values: dict[str, Any]) -> None:
+        """Make this change to a data set (the agent's, the live stream's, public or private alike)."""
+        if self.op == "set":
+            values[self.key] = self.value
+        else:
+            values.pop(self.key, None)
+
 
 @dataclass(frozen=True)
 class Message:

@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..protocol import LOG_LENGTH, DataChange, Desired, Message
+from ..protocol import LOG_LENGTH, Desired, Message
 from ..snapshot import Point, Snapshot
 from .decisions import Verdict, judge_event, judge_snapshot, snapshot_is_news
 
@@ -24,13 +24,6 @@ ERROR_ORDER = ("store", "history", "snapshot", "write", "session", "release", "d
 # A template that fails to render or a bad event skipped is reported, but the host serves everything else.
 DEGRADING = frozenset({"store", "history", "snapshot", "write", "session", "release", "data"})
 EPOCHS_REMEMBERED = 16  # epochs this host left, never followed back (a save from before a recovery)
-
-
-def _change(values: dict[str, Any], change: DataChange) -> None:
-    if change.op == "set":
-        values[change.key] = change.value
-    else:
-        values.pop(change.key, None)
 
 
 @dataclass
@@ -112,10 +105,10 @@ class AppliedState:
     def apply_message(self, message: Message, batch: Batch) -> None:
         """Apply the next revision (judge said APPLY)."""
         if message.data is not None:
-            _change(self.data, message.data)
+            message.data.apply(self.data)
             batch.data = True
         elif message.private is not None:
-            _change(self.private, message.private)
+            message.private.apply(self.private)
             batch.private = True
         elif message.desired is not None:
             self.desired = message.desired

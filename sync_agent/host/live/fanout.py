@@ -60,7 +60,6 @@ class Fanout:
         self.selector = selectors.DefaultSelector()
         self.streams: dict[int, Stream] = {}
         self.closed = 0  # streams ended since the last report to the agent
-        self.dropped = 0
         self._inbox = bytearray()
         self._fds: deque[int | None] = deque()  # sockets received, in the order of their records
         self._feed_open = True
@@ -163,7 +162,6 @@ class Fanout:
     def _send(self, stream: Stream, payload: bytes) -> None:
         if stream.unsent is not None:
             if len(stream.unsent) + len(payload) > stream.limit:
-                self.dropped += 1
                 log.info("dropped a live client that fell behind (%d bytes unsent); it resumes when it reconnects",
                          len(stream.unsent))
                 self._close(stream)

@@ -32,7 +32,6 @@ class FanoutProcess:
         self.options = options
         self.log_level = log_level
         self.streams = 0  # handed over and not reported closed: never fewer than the fan-out holds
-        self.restarts = 0
         self._process: asyncio.subprocess.Process | None = None
         self._sock: socket.socket | None = None
         # What the fan-out has not taken yet, in order: (bytes, a stream's socket to send with them, its hand-over)
@@ -42,11 +41,6 @@ class FanoutProcess:
         self._writing = False
         self._supervisor: asyncio.Task[None] | None = None
         self._ended: asyncio.Event = asyncio.Event()
-        self._stopping = False
-
-    @property
-    def running(self) -> bool:
-        return self._sock is not None
 
     async def start(self) -> None:
         await self._spawn()
@@ -54,7 +48,6 @@ class FanoutProcess:
 
     async def stop(self) -> None:
         """Close the feed: the fan-out closes every stream (browsers reconnect and resume) and exits."""
-        self._stopping = True
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -72,8 +65,6 @@ class FanoutProcess:
         """Give the fan-out this stream, to be sent `first` and then every change sent after this call (its place
         is taken before the first await). True once the socket went to the fan-out: the caller then closes its
         own, and holds no file for the stream from there on. False when there is no fan-out to take it."""
-        if self._sock is None:
-            return False
         sent: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._queue(RECORD.pack(CLIENT, len(first)) + first, sock, sent)  # the socket goes with its first byte
         if await sent:
@@ -105,10 +96,7 @@ class FanoutProcess:
                 if stream is None:
                     sent = sock.send(data)
                 elif stream.fileno() < 0:  # closed while it waited: nothing of it was sent, none of it is
-                    self._out.popleft()
-                    self._out_bytes -= len(data)
-                    if handed is not None and not handed.done():
-                        handed.set_result(False)
+                    self._refuse_first()
                     continue
                 else:
                     fds = array.array("i", [stream.fileno()])
@@ -117,10 +105,7 @@ class FanoutProcess:
                 break
             except OSError as err:
                 if stream is not None and err.errno == errno.ETOOMANYREFS:  # too many sockets on their way to the
-                    self._out.popleft()  # fan-out for this user's file limit: this page gets a 503 and comes back
-                    self._out_bytes -= len(data)
-                    if handed is not None and not handed.done():
-                        handed.set_result(False)
+                    self._refuse_first()  # fan-out for this user's file limit: this page gets a 503 and comes back
                     continue
                 log.error("cannot write the live fan-out's feed: %s", err)
                 self._lost()
@@ -140,6 +125,13 @@ class FanoutProcess:
             else:
                 loop.remove_writer(sock)
             self._writing = waiting
+
+    def _refuse_first(self) -> None:
+        """Drop the hand-over at the head of the queue, none of it sent: its page is answered 503."""
+        data, _, handed = self._out.popleft()
+        self._out_bytes -= len(data)
+        if handed is not None and not handed.done():
+            handed.set_result(False)
 
     def _read_reports(self) -> None:
         assert self._sock is not None
@@ -224,7 +216,6 @@ class FanoutProcess:
             await asyncio.sleep(delay)
             try:
                 await self._spawn()
-                self.restarts += 1
             except OSError as err:
                 log.error("cannot start the live fan-out: %s", err)
                 self._ended.set()

@@ -232,10 +232,7 @@ class LiveState:
         frames = b""
         change = message.data
         if change is not None:
-            if change.op == "set":
-                self.data[change.key] = change.value
-            else:
-                self.data.pop(change.key, None)
+            change.apply(self.data)
             frames = data_frame(point, change.key, change.value, change.op == "set")
         self.ring.append(Entry(point, frames))
         return frames

@@ -16,7 +16,6 @@ from ...protocol import is_change_id
 from ...snapshot import Point
 from ..shared_data import ReleaseInfo
 
-PING = b": ping\n\n"
 _EPOCH = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")  # what may stand in an id line: no ':', no line break
 MAX_REVISION_DIGITS = 18
 
